@@ -1,0 +1,249 @@
+"""The LBNL model: a decoder backbone, a projector, and embeddings read at two special tokens.
+
+Checkpoints use the official jina-reranker-v3 layout (spec section 1): a plain backbone config,
+the decoder weights under ``model.``, ``projector.0.weight`` and ``projector.2.weight``, and a
+tokenizer holding ``<|embed_token|>`` and ``<|rerank_token|>``. Any backbone that
+``transformers.AutoModel`` builds works. No remote code is executed and weights load from
+safetensors only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .errors import CheckpointError
+from .prompt import EMBED_TOKEN, RERANK_TOKEN
+
+logger = logging.getLogger(__name__)
+
+PROJECTOR_DIM = 512
+HUB_FILE_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
+_DTYPE_NAMES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+}
+
+
+@lru_cache(maxsize=1)
+def cpu_has_fast_bf16() -> bool:
+    """True when this CPU multiplies bf16 natively (AMX or AVX512-BF16); elsewhere bf16 is emulated and slow."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` picks CUDA when present, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, checkpoint_dtype: Any, device: torch.device) -> torch.dtype:
+    """Pick the compute dtype: the caller's, else the checkpoint's, float32 where the device lacks fast half precision."""
+    if dtype is not None and dtype != "auto":
+        if isinstance(dtype, torch.dtype):
+            return dtype
+        if str(dtype).lower() not in _DTYPE_NAMES:
+            raise CheckpointError(f"unknown dtype {dtype!r}; use one of float32, bfloat16, float16")
+        return _DTYPE_NAMES[str(dtype).lower()]
+    if isinstance(checkpoint_dtype, str):
+        checkpoint_dtype = _DTYPE_NAMES.get(checkpoint_dtype.lower(), torch.float32)
+    if not isinstance(checkpoint_dtype, torch.dtype):
+        checkpoint_dtype = torch.float32
+    if device.type == "cpu" and checkpoint_dtype != torch.float32:
+        if checkpoint_dtype == torch.float16 or not cpu_has_fast_bf16():
+            return torch.float32
+    return checkpoint_dtype
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike[str]) -> Path:
+    """Return a local directory for a path or a Hugging Face hub id (downloaded once, then cached)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise CheckpointError(f"{path} is a file; pass the checkpoint directory that holds config.json")
+    name = str(name_or_path)
+    if name.count("/") != 1 or name.startswith((".", "/", "~")):
+        raise CheckpointError(f"no checkpoint directory at {name!r}")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, allow_patterns=HUB_FILE_PATTERNS))
+    except Exception as exc:  # noqa: BLE001 - every hub failure becomes one readable message
+        raise CheckpointError(
+            f"{name!r} is not a local directory and could not be fetched from the Hugging Face hub "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _safetensors_files(path: Path) -> list[Path]:
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [path / n for n in names]
+    return sorted(path.glob("*.safetensors"))
+
+
+def _load_projector_state(path: Path) -> dict[str, torch.Tensor]:
+    state: dict[str, torch.Tensor] = {}
+    for file in _safetensors_files(path):
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():
+                if key.startswith("projector."):
+                    state[key.removeprefix("projector.")] = f.get_tensor(key)
+    return state
+
+
+def build_projector(hidden_size: int, inner: int | None = None, out: int = PROJECTOR_DIM) -> nn.Sequential:
+    """Linear(hidden -> hidden/2) -> ReLU -> Linear(hidden/2 -> 512), no biases (spec section 3)."""
+    inner = inner or hidden_size // 2
+    return nn.Sequential(nn.Linear(hidden_size, inner, bias=False), nn.ReLU(), nn.Linear(inner, out, bias=False))
+
+
+def special_token_ids(tokenizer: Any) -> tuple[int, int]:
+    """Look up the embed and rerank token ids by string; fail with a message naming what is missing."""
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in (EMBED_TOKEN, RERANK_TOKEN) if t not in vocab]
+    if missing:
+        raise CheckpointError(
+            f"the tokenizer lacks the special token(s) {', '.join(missing)}; an LBNL checkpoint must define both "
+            f"{EMBED_TOKEN} and {RERANK_TOKEN}"
+        )
+    return vocab[EMBED_TOKEN], vocab[RERANK_TOKEN]
+
+
+class LBNLModel(nn.Module):
+    """Backbone plus projector; reads document embeddings at embed tokens and the query's at the rerank token."""
+
+    def __init__(self, backbone: nn.Module, projector: nn.Sequential, embed_token_id: int, rerank_token_id: int):
+        super().__init__()
+        self.backbone = backbone
+        self.projector = projector
+        self.embed_token_id = embed_token_id
+        self.rerank_token_id = rerank_token_id
+
+    @property
+    def config(self) -> Any:
+        return self.backbone.config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike[str],
+        tokenizer: Any,
+        *,
+        dtype: str | torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        attn_implementation: str | None = "sdpa",
+    ) -> "LBNLModel":
+        """Load a checkpoint directory in the official layout (use :func:`resolve_checkpoint` for hub ids)."""
+        from transformers import AutoConfig, AutoModel
+        from transformers.utils import logging as hf_logging
+
+        path = Path(path)
+        if not (path / "config.json").exists():
+            raise CheckpointError(f"{path} has no config.json")
+        if not _safetensors_files(path):
+            raise CheckpointError(f"{path} has no .safetensors weights (pickled weights are never loaded)")
+        embed_id, rerank_id = special_token_ids(tokenizer)
+        projector_state = _load_projector_state(path)
+        missing = [k for k in ("projector.0.weight", "projector.2.weight") if k.removeprefix("projector.") not in projector_state]
+        if missing:
+            raise CheckpointError(f"{path} has no projector weights: missing {', '.join(missing)}")
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+        device_ = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, getattr(config, "dtype", None) or getattr(config, "torch_dtype", None), device_)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            backbone, info = AutoModel.from_pretrained(
+                path,
+                config=config,
+                dtype=torch_dtype,
+                use_safetensors=True,
+                trust_remote_code=False,
+                attn_implementation=attn_implementation,
+                output_loading_info=True,
+            )
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        if info.get("missing_keys"):
+            raise CheckpointError(f"{path} lacks backbone weights: {sorted(info['missing_keys'])[:5]}")
+        w0, w2 = projector_state["0.weight"], projector_state["2.weight"]
+        hidden = backbone.config.hidden_size
+        if w0.shape[1] != hidden or w2.shape[1] != w0.shape[0]:
+            raise CheckpointError(
+                f"projector shapes {tuple(w0.shape)} and {tuple(w2.shape)} do not fit hidden size {hidden}"
+            )
+        projector = build_projector(hidden, w0.shape[0], w2.shape[0])
+        projector.load_state_dict(projector_state)
+        if backbone.get_input_embeddings().num_embeddings <= max(embed_id, rerank_id):
+            raise CheckpointError(
+                f"the tokenizer's special token ids ({embed_id}, {rerank_id}) exceed the model's vocabulary "
+                f"({backbone.get_input_embeddings().num_embeddings} rows)"
+            )
+        model = cls(backbone, projector, embed_id, rerank_id).to(device=device_, dtype=torch_dtype)
+        return model.eval()
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Final hidden states (after the last norm) for right-padded ``input_ids`` of shape [batch, length].
+
+        With right padding, causal attention already keeps every real token blind to the padding, so no
+        mask is needed and the fast causal kernel is used.
+        """
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return out.last_hidden_state
+
+    def project(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.projector(hidden)
+
+    def forward(self, input_ids: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Projected document embeddings per row (one per embed token) and the query embedding per row."""
+        hidden = self.hidden_states(input_ids)
+        doc_mask = input_ids == self.embed_token_id
+        query_mask = input_ids == self.rerank_token_id
+        if not bool((query_mask.sum(dim=1) == 1).all()):
+            raise ValueError("every prompt must hold exactly one rerank token")
+        docs = self.project(hidden[doc_mask])
+        query = self.project(hidden[query_mask])
+        return list(docs.split(doc_mask.sum(dim=1).tolist())), query
+
+    def save_pretrained(self, path: str | os.PathLike[str], tokenizer: Any | None = None) -> None:
+        """Write the official layout: config.json, model.safetensors (``model.*`` and ``projector.*``), tokenizer."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        config = self.backbone.config
+        config.architectures = ["JinaForRanking"]
+        config.save_pretrained(path)
+        raw = json.loads((path / "config.json").read_text())
+        raw["torch_dtype"] = str(self.dtype).removeprefix("torch.")
+        (path / "config.json").write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
+        state = {f"model.{k}": v for k, v in self.backbone.state_dict().items()}
+        state.update({f"projector.{k}": v for k, v in self.projector.state_dict().items()})
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(path / "model.safetensors"),
+                  metadata={"format": "pt"})
+        if tokenizer is not None:
+            tokenizer.save_pretrained(path)

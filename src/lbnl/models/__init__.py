@@ -1,0 +1,35 @@
+"""Where models come from: checkpoint directories, the built-in default, and tiny random models for tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import CheckpointError
+from ..model import LBNLModel
+
+
+def load_tokenizer(path: str | os.PathLike[str]) -> Any:
+    """The checkpoint's Hugging Face tokenizer, never with remote code."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, fix_mistral_regex=False)
+    except Exception as exc:  # noqa: BLE001 - transformers raises many kinds for a bad tokenizer
+        raise CheckpointError(f"cannot load a tokenizer from {path}: {exc}") from exc
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+) -> tuple[LBNLModel, Any]:
+    """Load a local checkpoint directory (official layout) into a model and its tokenizer."""
+    path = Path(path)
+    tokenizer = load_tokenizer(path)
+    model = LBNLModel.from_pretrained(path, tokenizer, dtype=dtype, device=device)
+    return model, tokenizer

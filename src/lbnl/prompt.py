@@ -1,0 +1,133 @@
+"""The LBNL prompt: template, sanitising, truncation and block planning.
+
+Pure text and token-id logic with no torch import, so it is testable on its own and shared by
+inference and training. Everything here follows ``shared/spec/lbnl.md`` sections 2 and 4.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+EMBED_TOKEN = "<|embed_token|>"
+RERANK_TOKEN = "<|rerank_token|>"
+SPECIAL_TOKENS = (EMBED_TOKEN, RERANK_TOKEN)
+
+#: Documents per prompt used by the official checkpoint.
+DEFAULT_BLOCK_SIZE = 125
+
+SYSTEM_PROMPT = (
+    "You are a search relevance expert who can determine a ranking of the passages based on how "
+    "relevant they are to the query. If the query is a question, how relevant a passage is depends "
+    "on how well it answers the question. If not, try to analyze the intent of the query and assess "
+    "how well each passage satisfies the intent. If an instruction is provided, you should follow "
+    "the instruction when determining the ranking."
+)
+PREFIX = f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n"
+SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+
+
+class Tokenizer(Protocol):
+    """The part of a Hugging Face tokenizer that prompt building needs."""
+
+    def __call__(self, text: list[str], **kwargs: object) -> dict[str, list[list[int]]]: ...
+
+    def decode(self, ids: Sequence[int], **kwargs: object) -> str: ...
+
+
+def sanitize(text: str) -> str:
+    """Delete the embed and rerank token strings from user text.
+
+    Deletion repeats until none is left, so a string such as ``<|embed<|embed_token|>_token|>``
+    cannot reassemble a token and forge an embedding position.
+    """
+    previous = None
+    while previous != text:
+        previous = text
+        for token in SPECIAL_TOKENS:
+            text = text.replace(token, "")
+    return text
+
+
+def build_prompt(
+    query: str,
+    documents: Sequence[str],
+    instruction: str | None = None,
+    *,
+    early_query_token: bool = False,
+) -> str:
+    """Return the one prompt that scores ``documents`` against ``query``.
+
+    ``early_query_token`` adds a rerank token right after the first mention of the query; it
+    exists for the dual-matching training objective and is never used at inference.
+    """
+    query = sanitize(query)
+    request = (
+        f"I will provide you with {len(documents)} passages, each indicated by a numerical identifier. "
+        f"Rank the passages based on their relevance to query: {query}"
+    )
+    if early_query_token:
+        request += RERANK_TOKEN
+    parts = [PREFIX, request, "\n"]
+    if instruction:
+        parts.append(f"<instruct>\n{sanitize(instruction)}\n</instruct>\n")
+    passages = [
+        f'<passage id="{i}">\n{sanitize(doc)}{EMBED_TOKEN}\n</passage>' for i, doc in enumerate(documents)
+    ]
+    parts += ["\n".join(passages), "\n", f"<query>\n{query}{RERANK_TOKEN}\n</query>", SUFFIX]
+    return "".join(parts)
+
+
+def truncate(text: str, tokenizer: Tokenizer, max_length: int) -> tuple[str, int]:
+    """Cut ``text`` to ``max_length`` tokens the way the official code does.
+
+    Returns the (possibly decoded) text and its token count. A text whose count reaches the cap
+    is replaced by the decode of its first ``max_length`` tokens, special tokens kept.
+    """
+    texts, counts = truncate_many([text], tokenizer, max_length)
+    return texts[0], counts[0]
+
+
+def truncate_many(texts: Sequence[str], tokenizer: Tokenizer, max_length: int) -> tuple[list[str], list[int]]:
+    """:func:`truncate` for many texts with one batched tokenizer call."""
+    if not texts:
+        return [], []
+    all_ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]  # type: ignore[operator]
+    out_texts, counts = [], []
+    for text, ids in zip(texts, all_ids):
+        if len(ids) >= max_length:
+            ids = ids[:max_length]
+            text = tokenizer.decode(ids, skip_special_tokens=False)
+        out_texts.append(text)
+        counts.append(len(ids))
+    return out_texts, counts
+
+
+def plan_blocks(
+    doc_lengths: Sequence[int],
+    query_length: int,
+    model_max_length: int,
+    max_doc_length: int,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+) -> list[list[int]]:
+    """Split documents, in input order, into prompts (spec section 4, step 2).
+
+    A block closes when it holds ``block_size`` documents or when the remaining token capacity
+    (``model_max_length - 2 * query_length`` minus the documents taken so far) is at most
+    ``max_doc_length``.
+    """
+    if block_size < 1:
+        raise ValueError("block_size must be at least 1")
+    full = model_max_length - 2 * query_length
+    blocks: list[list[int]] = []
+    current: list[int] = []
+    capacity = full
+    for i, length in enumerate(doc_lengths):
+        current.append(i)
+        capacity -= length
+        if len(current) >= block_size or capacity <= max_doc_length:
+            blocks.append(current)
+            current = []
+            capacity = full
+    if current:
+        blocks.append(current)
+    return blocks

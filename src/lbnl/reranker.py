@@ -1,0 +1,290 @@
+"""Public API: ``Reranker.from_pretrained(...).rerank(query, documents, top_n=...)``.
+
+Defaults reproduce the official jina-reranker-v3 ``rerank`` (spec section 4): truncation by
+decode, blocks of 125 documents or the token capacity, one forward per block, the block-weighted
+merge of query vectors, and a float32 cosine. ``rerank_many`` packs the blocks of several
+queries into right-padded batches; padding never changes a score.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .errors import InvalidInputError
+from .model import LBNLModel, resolve_checkpoint
+from .prompt import DEFAULT_BLOCK_SIZE, build_prompt, plan_blocks, truncate, truncate_many
+
+Document = str | Mapping[str, Any]
+
+#: Padded tokens per forward when blocks are batched; larger batches gain little on a CPU.
+DEFAULT_MAX_BATCH_TOKENS = 16384
+
+
+@dataclass
+class RerankResult:
+    """One ranked document: its input ``index``, ``relevance_score`` (cosine in [-1, 1]), the caller's ``document``."""
+
+    index: int
+    relevance_score: float
+    document: Any
+    embedding: np.ndarray | None = field(default=None, repr=False)
+
+
+@dataclass
+class _Block:
+    doc_indices: list[int]
+    input_ids: list[int]
+
+
+@dataclass
+class _QueryPlan:
+    documents: list[Document]
+    texts: list[str]
+    query_tokens: int
+    doc_tokens: list[int]
+    blocks: list[_Block]
+
+
+def document_text(doc: object, position: int) -> str:
+    """Accept a string or a ``{"text": ...}`` object, as the rerank HTTP APIs do."""
+    if isinstance(doc, str):
+        return doc
+    if isinstance(doc, Mapping):
+        text = doc.get("text")
+        if isinstance(text, str):
+            return text
+        raise InvalidInputError(f"document {position} is an object without a string 'text' field")
+    raise InvalidInputError(f"document {position} is a {type(doc).__name__}; documents must be strings or {{'text': ...}}")
+
+
+def _check_positive(name: str, value: object, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_query(query: object) -> str:
+    if not isinstance(query, str):
+        raise InvalidInputError(f"the query must be a string, got {type(query).__name__}")
+    if not query.strip():
+        raise InvalidInputError("the query is empty")
+    return query
+
+
+def _check_documents(documents: object) -> tuple[list[Document], list[str]]:
+    if isinstance(documents, (str, bytes, Mapping)) or not isinstance(documents, Iterable):
+        raise InvalidInputError("documents must be a list of strings or {'text': ...} objects")
+    docs = list(documents)
+    return docs, [document_text(doc, i) for i, doc in enumerate(docs)]
+
+
+class Reranker:
+    """Listwise reranking with an LBNL model.
+
+    Args:
+        model: the loaded :class:`~lbnl.model.LBNLModel`.
+        tokenizer: its Hugging Face tokenizer (holding the embed and rerank tokens).
+        block_size: documents per prompt; the spec's 125 by default. Smaller blocks run faster on
+            a CPU (attention grows with the square of the prompt) but change the scores.
+        max_batch_tokens: padded tokens per forward when several blocks are batched.
+    """
+
+    def __init__(
+        self,
+        model: LBNLModel,
+        tokenizer: Any,
+        *,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        name: str | None = None,
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.block_size = block_size
+        self.max_batch_tokens = max_batch_tokens
+        self.name = name or getattr(model.config, "_name_or_path", None) or "lbnl"
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_token_id = int(pad) if pad is not None else 0
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_name_or_path: str | os.PathLike[str] | None = None,
+        *,
+        dtype: str | torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        **kwargs: Any,
+    ) -> "Reranker":
+        """Load a local checkpoint directory or a hub id; ``None`` loads lbnl's built-in default model.
+
+        Args:
+            model_name_or_path: a directory in the official layout, an lbnl adapter directory, or a
+                hub id such as ``jinaai/jina-reranker-v3`` (downloaded when the network allows).
+            dtype: a torch dtype or its name; default: the checkpoint's, float32 on a CPU without
+                fast bf16.
+            device: ``"cpu"``, ``"cuda"``...; default: CUDA when available.
+            **kwargs: passed to the constructor (``block_size``, ``max_batch_tokens``).
+        """
+        from .models import load_checkpoint
+
+        if model_name_or_path is None:
+            from .models.default import default_model_path
+
+            model_name_or_path = default_model_path()
+        path = resolve_checkpoint(model_name_or_path)
+        model, tokenizer = load_checkpoint(path, dtype=dtype, device=device)
+        kwargs.setdefault("name", str(model_name_or_path))
+        return cls(model, tokenizer, **kwargs)
+
+    def save_pretrained(self, path: str | os.PathLike[str]) -> None:
+        """Write the official checkpoint layout; loading it back gives identical scores."""
+        self.model.save_pretrained(path, self.tokenizer)
+
+    @property
+    def model_max_length(self) -> int:
+        length = getattr(self.tokenizer, "model_max_length", None)
+        return int(length) if length and length < 10**9 else 131072
+
+    def rerank(
+        self,
+        query: str,
+        documents: Sequence[Document],
+        top_n: int | None = None,
+        return_embeddings: bool = False,
+        max_query_length: int = 512,
+        max_doc_length: int = 2048,
+        instruction: str | None = None,
+    ) -> list[RerankResult]:
+        """Rank ``documents`` for ``query``, best first.
+
+        Args:
+            query: the search query (non-empty).
+            documents: strings or ``{"text": ...}`` objects; results carry them back unchanged.
+            top_n: keep only the best ``top_n`` results; ``None`` keeps all.
+            return_embeddings: attach each document's projected embedding (float32, 512-d).
+            max_query_length: tokens kept of the query.
+            max_doc_length: tokens kept of each document.
+            instruction: optional task instruction placed in the prompt.
+        """
+        return self.rerank_many(
+            [query], [documents], top_n=top_n, return_embeddings=return_embeddings,
+            max_query_length=max_query_length, max_doc_length=max_doc_length, instruction=instruction,
+        )[0]
+
+    def rerank_many(
+        self,
+        queries: Sequence[str],
+        documents_per_query: Sequence[Sequence[Document]],
+        top_n: int | None = None,
+        return_embeddings: bool = False,
+        max_query_length: int = 512,
+        max_doc_length: int = 2048,
+        instruction: str | None = None,
+        progress: bool = False,
+    ) -> list[list[RerankResult]]:
+        """Rerank several queries at once; each gets exactly the scores a lone ``rerank`` call gives.
+
+        Blocks of all queries are sorted by length and packed into right-padded batches of at most
+        ``max_batch_tokens`` padded tokens. ``progress`` shows a tqdm bar over the batches.
+        """
+        _check_positive("top_n", top_n, allow_none=True)
+        _check_positive("max_query_length", max_query_length)
+        _check_positive("max_doc_length", max_doc_length)
+        if isinstance(queries, str) or len(queries) != len(documents_per_query):
+            raise InvalidInputError("rerank_many needs a list of queries and one document list per query")
+        if instruction is not None and not isinstance(instruction, str):
+            raise InvalidInputError("the instruction must be a string")
+        plans = [
+            self._plan(_check_query(q), docs, max_query_length, max_doc_length, instruction)
+            for q, docs in zip(queries, documents_per_query)
+        ]
+        outputs = self._run([b for plan in plans for b in plan.blocks], progress)
+        results = []
+        for plan in plans:
+            blocks = [(b, outputs[id(b)]) for b in plan.blocks]
+            results.append(self._merge(plan, blocks, top_n, return_embeddings))
+        return results
+
+    def count_tokens(self, query: str, documents: Sequence[Document], max_query_length: int = 512,
+                     max_doc_length: int = 2048) -> tuple[int, int]:
+        """Tokens of the query and of all documents after truncation (for usage reporting)."""
+        plan = self._plan(_check_query(query), documents, max_query_length, max_doc_length, None, build=False)
+        return plan.query_tokens, sum(plan.doc_tokens)
+
+    def _plan(self, query: str, documents: Sequence[Document], max_query_length: int, max_doc_length: int,
+              instruction: str | None, build: bool = True) -> _QueryPlan:
+        docs, texts = _check_documents(documents)
+        query_text, query_tokens = truncate(query, self.tokenizer, max_query_length)
+        doc_texts, doc_tokens = truncate_many(texts, self.tokenizer, max_doc_length)
+        blocks: list[_Block] = []
+        if build and texts:
+            groups = plan_blocks(doc_tokens, query_tokens, self.model_max_length, max_doc_length, self.block_size)
+            for group in groups:
+                prompt = build_prompt(query_text, [doc_texts[i] for i in group], instruction)
+                ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+                blocks.append(_Block(group, ids))
+        return _QueryPlan(docs, texts, query_tokens, doc_tokens, blocks)
+
+    def _batches(self, blocks: list[_Block]) -> list[list[_Block]]:
+        ordered = sorted(blocks, key=lambda b: len(b.input_ids), reverse=True)
+        batches: list[list[_Block]] = []
+        for block in ordered:
+            if batches and len(batches[-1][0].input_ids) * (len(batches[-1]) + 1) <= self.max_batch_tokens:
+                batches[-1].append(block)
+            else:
+                batches.append([block])
+        return batches
+
+    @torch.inference_mode()
+    def _run(self, blocks: list[_Block], progress: bool) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        from tqdm.auto import tqdm
+
+        outputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        batches = self._batches(blocks)
+        device = self.model.device
+        for batch in tqdm(batches, desc="rerank", unit="batch", disable=not progress or len(batches) < 2):
+            width = len(batch[0].input_ids)
+            ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
+            for row, block in enumerate(batch):
+                ids[row, : len(block.input_ids)] = torch.tensor(block.input_ids)
+            docs, query = self.model(ids.to(device))
+            for row, block in enumerate(batch):
+                if docs[row].shape[0] != len(block.doc_indices):
+                    raise RuntimeError("embed token count does not match the documents of a block")
+                outputs[id(block)] = (docs[row], query[row])
+        return outputs
+
+    @staticmethod
+    def _merge(plan: _QueryPlan, blocks: list[tuple[_Block, tuple[torch.Tensor, torch.Tensor]]],
+               top_n: int | None, return_embeddings: bool) -> list[RerankResult]:
+        if not blocks:
+            return []
+        n = len(plan.texts)
+        doc_emb = torch.empty((n, blocks[0][1][0].shape[-1]), dtype=torch.float32)
+        query_vecs, weights = [], []
+        for block, (docs, query) in blocks:
+            in_model = torch.nn.functional.cosine_similarity(docs, query.unsqueeze(0).expand_as(docs), dim=-1)
+            weights.append(((1 + in_model) / 2).max().float())
+            query_vecs.append(query.float())
+            doc_emb[block.doc_indices] = docs.float().cpu()
+        w = torch.stack(weights).cpu()
+        merged = (torch.stack(query_vecs).cpu() * w[:, None]).sum(0) / w.sum()
+        scores = torch.nn.functional.cosine_similarity(doc_emb, merged.unsqueeze(0).expand_as(doc_emb), dim=-1)
+        order = sorted(range(n), key=lambda i: -float(scores[i]))
+        if top_n is not None:
+            order = order[:top_n]
+        return [
+            RerankResult(
+                index=i,
+                relevance_score=float(scores[i]),
+                document=plan.documents[i],
+                embedding=doc_emb[i].numpy().copy() if return_embeddings else None,
+            )
+            for i in order
+        ]
