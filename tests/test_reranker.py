@@ -1,0 +1,232 @@
+"""The reranker against an independent implementation of the official inference, plus API behaviour."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from lbnl import CheckpointError, InvalidInputError, Reranker
+from lbnl.models.random_init import build_random_checkpoint
+from reference import OfficialStyleReranker
+
+WORDS = ("tea green catechin heart brain coffee price sport basket metabolism cell study risk weight "
+         "antioxidant supply chain market league score").split()
+
+
+def make_docs(n: int, seed: int = 0, lo: int = 3, hi: int = 30) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi))) for _ in range(n)]
+
+
+def scores_in_input_order(results) -> list[float]:
+    out = [0.0] * len(results)
+    for r in results:
+        out[r.index] = r.relevance_score
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_checkpoint: Path) -> OfficialStyleReranker:
+    return OfficialStyleReranker(tiny_checkpoint)
+
+
+def test_scores_match_official_style_single_block(tiny_reranker: Reranker, reference, shared_dir: Path) -> None:
+    case = json.loads((shared_dir / "spec" / "green_tea.json").read_text())
+    ours = scores_in_input_order(tiny_reranker.rerank(case["query"], case["documents"]))
+    theirs = reference.rerank(case["query"], case["documents"])
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    assert len(set(np.round(ours, 6))) == len(ours)
+
+
+def test_embeddings_and_projector_against_hidden_states(tiny_reranker: Reranker, tiny_checkpoint: Path) -> None:
+    """Recompute one block by hand: hidden states at the special tokens, projector, cosine."""
+    from lbnl.prompt import build_prompt
+
+    query, docs = "green tea", make_docs(5)
+    results = tiny_reranker.rerank(query, docs, return_embeddings=True)
+    tok = tiny_reranker.tokenizer
+    ids = torch.tensor([tok(build_prompt(query, docs))["input_ids"]])
+    with torch.no_grad():
+        hidden = tiny_reranker.model.backbone(input_ids=ids).last_hidden_state[0]
+    weights = load_file(str(tiny_checkpoint / "model.safetensors"))
+    assert weights["projector.0.weight"].shape == (32, 64) and weights["projector.2.weight"].shape == (512, 32)
+    project = lambda h: torch.relu(h @ weights["projector.0.weight"].T) @ weights["projector.2.weight"].T  # noqa: E731
+    doc_pos = (ids[0] == 151670).nonzero().flatten()
+    query_pos = (ids[0] == 151671).nonzero().flatten()
+    assert len(doc_pos) == 5 and len(query_pos) == 1
+    d, q = project(hidden[doc_pos]), project(hidden[query_pos])
+    expected = torch.nn.functional.cosine_similarity(d, q, dim=-1)
+    for r in results:
+        assert r.embedding is not None and r.embedding.shape == (512,) and r.embedding.dtype == np.float32
+        np.testing.assert_allclose(r.embedding, d[r.index].numpy(), atol=1e-5)
+        assert r.relevance_score == pytest.approx(float(expected[r.index]), abs=1e-5)
+    assert [r.relevance_score for r in results] == sorted((r.relevance_score for r in results), reverse=True)
+
+
+def test_more_than_125_documents_uses_several_blocks(tiny_reranker: Reranker, reference) -> None:
+    docs = make_docs(130, seed=1, lo=2, hi=6)
+    plan = tiny_reranker._plan("tea", docs, 512, 2048, None)
+    assert [len(b.doc_indices) for b in plan.blocks] == [125, 5]
+    ours = scores_in_input_order(tiny_reranker.rerank("tea", docs))
+    np.testing.assert_allclose(ours, reference.rerank("tea", docs), atol=1e-5)
+    # The merge is not the single-block cosine: the first block's scores move when a second block exists.
+    alone = scores_in_input_order(tiny_reranker.rerank("tea", docs[:125]))
+    assert max(abs(a - b) for a, b in zip(alone, ours[:125])) > 1e-4
+
+
+def test_small_token_capacity_blocks_and_truncation(tiny_checkpoint: Path, reference) -> None:
+    reranker = Reranker.from_pretrained(tiny_checkpoint)
+    docs = make_docs(12, seed=2, lo=10, hi=40)
+    saved = reference.tokenizer.model_max_length
+    reranker.tokenizer.model_max_length = reference.tokenizer.model_max_length = 100
+    try:
+        plan = reranker._plan("green tea benefits", docs, 512, 24, None)
+        assert len(plan.blocks) > 2 and max(plan.doc_tokens) == 24
+        ours = scores_in_input_order(reranker.rerank("green tea benefits", docs, max_doc_length=24))
+        theirs = reference.rerank("green tea benefits", docs, max_doc_length=24)
+    finally:
+        reference.tokenizer.model_max_length = saved
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def test_query_truncation_and_instruction(tiny_reranker: Reranker, reference) -> None:
+    docs = make_docs(4, seed=3)
+    long_query = " ".join(WORDS * 3)
+    ours = scores_in_input_order(tiny_reranker.rerank(long_query, docs, max_query_length=7, instruction="prefer studies"))
+    np.testing.assert_allclose(ours, reference.rerank(long_query, docs, max_query_length=7, instruction="prefer studies"),
+                               atol=1e-5)
+
+
+def test_rerank_many_equals_one_at_a_time_and_padding_invariance(tiny_checkpoint: Path) -> None:
+    reranker = Reranker.from_pretrained(tiny_checkpoint, max_batch_tokens=10**6)
+    queries = ["tea", "coffee market prices", "sport"]
+    lists = [make_docs(3, seed=4, lo=40, hi=60), make_docs(7, seed=5, lo=1, hi=3), make_docs(130, seed=6, lo=1, hi=4)]
+    batched = reranker.rerank_many(queries, lists)
+    assert len(reranker._batches([b for q, d in zip(queries, lists) for b in reranker._plan(q, d, 512, 2048, None).blocks])) == 1
+    for q, docs, got in zip(queries, lists, batched):
+        alone = reranker.rerank(q, docs)
+        assert [r.index for r in got] == [r.index for r in alone]
+        np.testing.assert_allclose([r.relevance_score for r in got], [r.relevance_score for r in alone], atol=1e-5)
+
+
+def test_top_n_documents_and_empty(tiny_reranker: Reranker) -> None:
+    docs = [{"text": "green tea", "id": "a"}, "coffee", {"text": "tea <|embed_token|> leaves"}]
+    results = tiny_reranker.rerank("tea", docs, top_n=2)
+    assert len(results) == 2 and all(r.embedding is None for r in results)
+    assert all(r.document is docs[r.index] for r in results)
+    assert tiny_reranker.rerank("tea", []) == []
+    assert len(tiny_reranker.rerank("tea", docs, top_n=10)) == 3
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(query="", documents=["a"]), "query is empty"),
+        (dict(query="   ", documents=["a"]), "query is empty"),
+        (dict(query=3, documents=["a"]), "query must be a string"),
+        (dict(query="q", documents=["a", 7]), "document 1"),
+        (dict(query="q", documents=[{"title": "x"}]), "document 0"),
+        (dict(query="q", documents="just a string"), "list of strings"),
+        (dict(query="q", documents=["a"], top_n=0), "top_n"),
+        (dict(query="q", documents=["a"], top_n=-2), "top_n"),
+        (dict(query="q", documents=["a"], top_n=True), "top_n"),
+        (dict(query="q", documents=["a"], max_doc_length=0), "max_doc_length"),
+    ],
+)
+def test_bad_input_is_rejected_with_a_message(tiny_reranker: Reranker, kwargs, message) -> None:
+    with pytest.raises(InvalidInputError, match=message):
+        tiny_reranker.rerank(**kwargs)
+
+
+def test_save_load_round_trip(tiny_reranker: Reranker, tmp_path: Path) -> None:
+    docs = make_docs(6, seed=7)
+    tiny_reranker.save_pretrained(tmp_path / "copy")
+    config = json.loads((tmp_path / "copy" / "config.json").read_text())
+    assert config["architectures"] == ["JinaForRanking"] and config["model_type"] == "qwen3"
+    with safe_open(str(tmp_path / "copy" / "model.safetensors"), framework="pt") as f:
+        keys = set(f.keys())
+    assert {"projector.0.weight", "projector.2.weight", "model.embed_tokens.weight", "model.norm.weight"} <= keys
+    assert not any(k.startswith("lm_head") for k in keys)
+    again = Reranker.from_pretrained(tmp_path / "copy")
+    a, b = tiny_reranker.rerank("tea", docs), again.rerank("tea", docs)
+    assert [(r.index, r.relevance_score) for r in a] == [(r.index, r.relevance_score) for r in b]
+
+
+def test_lm_head_is_ignored_and_untied_config_loads(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    path = tmp_path / "untied"
+    shutil.copytree(tiny_checkpoint, path)
+    weights = load_file(str(path / "model.safetensors"))
+    weights["lm_head.weight"] = torch.randn_like(weights["model.embed_tokens.weight"])
+    save_file(weights, str(path / "model.safetensors"))
+    config = json.loads((path / "config.json").read_text())
+    config.update(tie_word_embeddings=False, auto_map={"AutoModel": "modeling.JinaForRanking"})
+    (path / "config.json").write_text(json.dumps(config))
+    docs = make_docs(4, seed=8)
+    base = Reranker.from_pretrained(tiny_checkpoint).rerank("tea", docs)
+    other = Reranker.from_pretrained(path).rerank("tea", docs)
+    np.testing.assert_allclose([r.relevance_score for r in base], [r.relevance_score for r in other], atol=1e-6)
+
+
+def test_other_backbone_llama(tmp_path: Path, qwen3_tokenizer_dir: Path) -> None:
+    path = build_random_checkpoint(
+        tmp_path / "llama", tokenizer_dir=qwen3_tokenizer_dir, model_type="llama", hidden_size=32,
+        intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=4096,
+    )
+    reranker = Reranker.from_pretrained(path)
+    assert type(reranker.model.backbone).__name__ == "LlamaModel"
+    results = reranker.rerank("tea", make_docs(3), return_embeddings=True)
+    assert len(results) == 3 and results[0].embedding.shape == (512,)
+
+
+def test_missing_projector_or_tokens_are_named(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    no_proj = tmp_path / "no_projector"
+    shutil.copytree(tiny_checkpoint, no_proj)
+    weights = load_file(str(no_proj / "model.safetensors"))
+    del weights["projector.2.weight"]
+    save_file(weights, str(no_proj / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"projector\.2\.weight"):
+        Reranker.from_pretrained(no_proj)
+
+    no_tokens = tmp_path / "no_tokens"
+    shutil.copytree(tiny_checkpoint, no_tokens)
+    for name in ("tokenizer.json", "tokenizer_config.json", "added_tokens.json", "special_tokens_map.json"):
+        path = no_tokens / name
+        path.write_text(path.read_text().replace("<|rerank_token|>", "<|other_token|>"))
+    with pytest.raises(CheckpointError, match=r"<\|rerank_token\|>"):
+        Reranker.from_pretrained(no_tokens)
+
+    with pytest.raises(CheckpointError, match="no checkpoint directory"):
+        Reranker.from_pretrained(tmp_path / "does-not-exist")
+
+
+def test_dtype_choice(tiny_checkpoint: Path) -> None:
+    from lbnl.model import resolve_dtype
+
+    cpu = torch.device("cpu")
+    assert resolve_dtype("bf16", torch.float32, cpu) == torch.bfloat16
+    assert resolve_dtype(None, torch.float16, cpu) == torch.float32
+    assert resolve_dtype(None, "float32", cpu) == torch.float32
+    with pytest.raises(CheckpointError, match="unknown dtype"):
+        resolve_dtype("int3", None, cpu)
+    assert Reranker.from_pretrained(tiny_checkpoint, dtype="float32").model.dtype == torch.float32
+
+
+@pytest.mark.skipif(not os.environ.get("LBNL_OFFICIAL_CHECKPOINT"),
+                    reason="set LBNL_OFFICIAL_CHECKPOINT to a local copy of jinaai/jina-reranker-v3")
+def test_official_checkpoint_green_tea(shared_dir: Path) -> None:
+    case = json.loads((shared_dir / "spec" / "green_tea.json").read_text())
+    reranker = Reranker.from_pretrained(os.environ["LBNL_OFFICIAL_CHECKPOINT"], dtype="bfloat16")
+    listwise = scores_in_input_order(reranker.rerank(case["query"], case["documents"]))
+    np.testing.assert_allclose(listwise, case["official_scores_listwise_bf16"], atol=case["tolerance"])
+    single = [reranker.rerank(case["query"], [d])[0].relevance_score for d in case["documents"]]
+    np.testing.assert_allclose(single, case["official_scores_one_doc_per_prompt_bf16"], atol=case["tolerance"])
