@@ -1,0 +1,382 @@
+"""The rerank HTTP server: a FastAPI app over one loaded :class:`~lbnl.reranker.Reranker`.
+
+``POST /v1/rerank`` (also ``/v2/rerank`` and ``/rerank``) speaks the Jina and Cohere rerank request and response
+shapes; ``GET /health``, ``GET /v1/models``, ``GET /metrics`` (Prometheus) and the OpenAPI docs
+(``/docs``) come with it. Every error is JSON ``{"detail": ...}``. Requests are batched
+dynamically by :class:`~lbnl.serve.batcher.DynamicBatcher`; see ``docs/serve.md``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+import socket
+import sys
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Sequence
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPBearer
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .. import __version__
+from ..errors import InvalidInputError, LBNLError
+from .batcher import DynamicBatcher, Overloaded, RequestTimeout
+from .metrics import ServeMetrics, MetricsMiddleware
+from .schemas import (
+    BilledUnits, ErrorResponse, FieldError, Health, Meta, ModelCard, ModelList, RerankRequest, RerankResponse,
+    RerankResultOut, ResultDocument, Usage,
+)
+from .scoring import RerankJob, ScoredJob, estimate_tokens, make_runner
+
+log = logging.getLogger("lbnl.serve")
+
+#: ``/v1/rerank`` is Jina's and Cohere v1's path, ``/v2/rerank`` Cohere v2's, ``/rerank`` a short alias.
+RERANK_PATHS = ("/v1/rerank", "/v2/rerank", "/rerank")
+#: Paths answered without an API key: probes, scraping and the API docs.
+OPEN_PATHS = frozenset({"/health", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+KNOWN_PATHS = OPEN_PATHS | {*RERANK_PATHS, "/v1/models"}
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Server limits and batching; the defaults are the ``lbnl serve`` defaults.
+
+    Args:
+        model_name: name shown in responses and ``/v1/models`` (default: the reranker's name).
+        max_batch_tokens: token budget of one batch (estimated query and document tokens), also
+            the reranker's padded tokens per forward.
+        batch_wait_ms: how long the oldest queued request waits for companions.
+        max_queue: requests allowed to wait for the model; more get 503 with ``Retry-After``.
+        max_documents: documents allowed in one request.
+        max_body_bytes: request bodies larger than this get 413.
+        request_timeout: seconds from a request's arrival at the queue to its answer; later is 504.
+        api_key: when set, every non-probe endpoint needs ``Authorization: Bearer <api_key>``.
+        max_query_length: query tokens kept (longer queries are truncated as the model defines).
+        max_doc_length: tokens kept per document.
+        batch_delay_ms: artificial sleep before every batch, to test overload and shutdown; keep 0.
+    """
+
+    model_name: str | None = None
+    max_batch_tokens: int = 16384
+    batch_wait_ms: float = 5.0
+    max_queue: int = 64
+    max_documents: int = 1000
+    max_body_bytes: int = 16 * 2**20
+    request_timeout: float = 60.0
+    api_key: str | None = None
+    max_query_length: int = 512
+    max_doc_length: int = 2048
+    batch_delay_ms: float = 0.0
+
+    def check(self) -> None:
+        """Raise :class:`~lbnl.errors.InvalidInputError` naming the first impossible setting."""
+        for name in ("max_batch_tokens", "max_queue", "max_documents", "max_body_bytes", "max_query_length",
+                     "max_doc_length"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidInputError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        for name in ("batch_wait_ms", "batch_delay_ms"):
+            if not getattr(self, name) >= 0:
+                raise InvalidInputError(f"{name.replace('_', '-')} must be zero or more, got {getattr(self, name)!r}")
+        if not self.request_timeout > 0:
+            raise InvalidInputError(f"request-timeout must be positive, got {self.request_timeout!r}")
+
+
+class ApiError(Exception):
+    """An error answered as JSON ``{"detail": ..., "errors": ...}``."""
+
+    def __init__(self, status: int, detail: str, errors: list[FieldError] | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.errors = errors
+        self.headers = headers
+
+
+def _error_response(status: int, detail: str, errors: list[FieldError] | None = None,
+                    headers: dict[str, str] | None = None) -> JSONResponse:
+    body = ErrorResponse(detail=detail, errors=errors).model_dump(exclude_none=True)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class BearerAuthMiddleware:
+    """Require ``Authorization: Bearer <key>`` (compared in constant time) outside :data:`OPEN_PATHS`.
+
+    A middleware rather than a dependency so an unauthenticated client gets 401 before its body
+    is read or validated.
+    """
+
+    def __init__(self, app: ASGIApp, api_key: str):
+        self.app = app
+        self.key = api_key.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+            scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.key):
+                response = _error_response(
+                    401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
+                    headers={"WWW-Authenticate": "Bearer"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class ContentLengthLimitMiddleware:
+    """Answer 413 as JSON when ``Content-Length`` announces too big a body, before reading it.
+
+    Bodies without a length (chunked) are cut while streaming by the rerank routes'
+    ``max_body_size`` (FastAPI); this check runs first so announced sizes get the JSON error too.
+    """
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int):
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            length = Headers(scope=scope).get("content-length", "")
+            if length.isdigit() and int(length) > self.max_body_bytes:
+                response = _error_response(413, _too_large(self.max_body_bytes), headers={"Connection": "close"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _too_large(limit: int) -> str:
+    return f"the request body is larger than the limit of {limit} bytes"
+
+
+def _field_errors(errors: Sequence[dict[str, Any]]) -> list[FieldError]:
+    """Pydantic/FastAPI validation errors as ``field: message`` pairs a person can act on."""
+    out = []
+    for e in errors:
+        loc = [str(part) for part in e.get("loc", ())]
+        if loc and loc[0] == "body":
+            loc = loc[1:]
+        kind = e.get("type", "")
+        message = str(e.get("msg", "invalid"))
+        if kind == "json_invalid":
+            reason = (e.get("ctx") or {}).get("error", "cannot parse")
+            at = f" at character {loc[0]}" if loc else ""
+            out.append(FieldError(field="body", message=f"invalid JSON: {reason}{at}"))
+            continue
+        if not loc:
+            if kind == "missing":
+                message = "a JSON object is required"
+            elif isinstance(e.get("input"), (bytes, str)):
+                message = "expected a JSON object; send it with the header 'Content-Type: application/json'"
+            else:
+                message = "expected a JSON object"
+            out.append(FieldError(field="body", message=message))
+            continue
+        if kind == "missing":
+            message = "is required"
+        elif message[:1].isupper():
+            message = message[0].lower() + message[1:]
+        out.append(FieldError(field=".".join(loc), message=message))
+    return out
+
+
+def _install_error_handlers(app: FastAPI, settings: ServeSettings) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = _field_errors(exc.errors())
+        return _error_response(422, "; ".join(f"{e.field}: {e.message}" for e in errors), errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = str(exc.detail)
+        if exc.status_code == 413:
+            detail = _too_large(settings.max_body_bytes)
+        return _error_response(exc.status_code, detail, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(ApiError)
+    async def _api(_: Request, exc: ApiError) -> JSONResponse:
+        return _error_response(exc.status, exc.detail, exc.errors, exc.headers)
+
+    @app.exception_handler(Overloaded)
+    async def _overloaded(_: Request, exc: Overloaded) -> JSONResponse:
+        return _error_response(503, str(exc), headers={"Retry-After": str(exc.retry_after)})
+
+    @app.exception_handler(RequestTimeout)
+    async def _timeout(_: Request, exc: RequestTimeout) -> JSONResponse:
+        return _error_response(504, str(exc))
+
+    @app.exception_handler(LBNLError)
+    async def _lbnl(_: Request, exc: LBNLError) -> JSONResponse:
+        return _error_response(422 if isinstance(exc, InvalidInputError) else 500, str(exc))
+
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, exc: Exception) -> JSONResponse:
+        log.error("internal error", exc_info=exc)
+        return _error_response(500, f"internal server error ({type(exc).__name__})")
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in {
+        401: "missing or wrong API key", 413: "request body too large", 422: "invalid request (the field is named)",
+        503: "queue full or shutting down (see Retry-After)", 504: "request timed out",
+    }.items()
+}
+
+
+def create_app(reranker: Any, settings: ServeSettings | None = None) -> FastAPI:
+    """Build the app around a loaded reranker; the batcher starts and stops with the app's lifespan.
+
+    Args:
+        reranker: a :class:`~lbnl.reranker.Reranker` (anything with ``rerank_many``, ``tokenizer``, ``name``).
+        settings: limits and batching (see :class:`ServeSettings`).
+    """
+    settings = settings or ServeSettings()
+    settings.check()
+    model_name = settings.model_name or str(reranker.name)
+    metrics = ServeMetrics(model_name)
+    batcher: DynamicBatcher[RerankJob, ScoredJob] = DynamicBatcher(
+        make_runner(reranker, settings.max_query_length, settings.max_doc_length),
+        max_batch_tokens=settings.max_batch_tokens,
+        batch_wait_s=settings.batch_wait_ms / 1000,
+        max_queue=settings.max_queue,
+        delay_s=settings.batch_delay_ms / 1000,
+        observer=metrics,
+    )
+    created = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await batcher.start(warmup=[RerankJob("warmup", ["warmup"])])
+        try:
+            yield
+        finally:
+            await batcher.close(timeout=settings.request_timeout + 5)
+
+    app = FastAPI(
+        title="lbnl rerank server",
+        version=__version__,
+        summary="Listwise reranking with an LBNL model, in the Jina/Cohere rerank API shape.",
+        lifespan=lifespan,
+    )
+    app.state.batcher = batcher
+    app.state.metrics = metrics
+    app.state.settings = settings
+    _install_error_handlers(app, settings)
+    protected = [Depends(HTTPBearer(auto_error=False, description="the server's API key"))] if settings.api_key else []
+
+    async def rerank(body: RerankRequest) -> RerankResponse:
+        """Rank documents by relevance to the query, best first.
+
+        The request's ``model`` is accepted and ignored: the served model answers and is named in
+        the response. ``usage.total_tokens`` counts query and document tokens after truncation.
+        """
+        texts = body.texts()
+        if len(texts) > settings.max_documents:
+            message = f"at most {settings.max_documents} documents per request, got {len(texts)}"
+            raise ApiError(422, f"documents: {message}", [FieldError(field="documents", message=message)])
+        if texts:
+            cost = estimate_tokens(body.query, texts, settings.max_query_length, settings.max_doc_length)
+            scored: ScoredJob = await batcher.submit(RerankJob(body.query, texts), cost, settings.request_timeout)
+            metrics.scored(len(texts), scored.usage.total_tokens)
+            ranking, usage = scored.ranking, scored.usage
+            usage_out = Usage(total_tokens=usage.total_tokens, truncated_documents=usage.truncated_documents,
+                              query_truncated=usage.query_truncated)
+        else:
+            ranking, usage_out = [], Usage(total_tokens=0)
+        if body.top_n is not None:
+            ranking = ranking[: body.top_n]
+        keep_text = body.return_documents is not False
+        results = [
+            RerankResultOut(index=i, relevance_score=score,
+                            document=ResultDocument(text=texts[i]) if keep_text else None)
+            for i, score in ranking
+        ]
+        return RerankResponse(
+            id=str(uuid.uuid4()), model=model_name, results=results, usage=usage_out,
+            meta=Meta(billed_units=BilledUnits(search_units=max(1, math.ceil(len(texts) / 100)))),
+        )
+
+    for path in RERANK_PATHS:
+        app.add_api_route(path, rerank, methods=["POST"], response_model=RerankResponse,
+                          response_model_exclude_none=True, responses=ERROR_RESPONSES, dependencies=protected,
+                          max_body_size=settings.max_body_bytes,
+                          summary="Rerank documents" + (" (alias of /v1/rerank)" if path != RERANK_PATHS[0] else ""),
+                          operation_id=f"rerank{path.replace('/', '_')}")
+
+    @app.get("/v1/models", response_model=ModelList, dependencies=protected, summary="The served model")
+    async def models() -> ModelList:
+        return ModelList(data=[ModelCard(id=model_name, created=created)])
+
+    @app.get("/health", response_model=Health, summary="Liveness and queue depth")
+    async def health() -> Health:
+        return Health(model=model_name, queue_depth=batcher.queue_depth)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    app.add_middleware(ContentLengthLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    if settings.api_key:
+        app.add_middleware(BearerAuthMiddleware, api_key=settings.api_key)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, endpoints=KNOWN_PATHS)
+    return app
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        raise InvalidInputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def _configure_logging(level: str) -> None:
+    logger = logging.getLogger("lbnl")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(level.upper())
+
+
+def serve(reranker: Any, settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8080,
+          log_level: str = "info", access_log: bool = True, max_connections: int | None = 1024) -> None:
+    """Run the server until SIGINT/SIGTERM, then stop gracefully.
+
+    On a signal the listening socket closes first (new connections are refused), requests in
+    flight and queued finish (for at most ``request_timeout`` + 5 s), then the worker stops.
+
+    Args:
+        reranker: the loaded model.
+        settings: limits and batching.
+        host: address to listen on; the default only accepts local clients.
+        port: TCP port; 0 picks a free one (the log line ``lbnl serve: ... on http://...`` names it).
+        log_level: uvicorn and lbnl log level.
+        access_log: log one line per request.
+        max_connections: connections and requests handled at once; uvicorn answers 503 beyond it.
+    """
+    import uvicorn
+
+    _configure_logging(log_level)
+    app = create_app(reranker, settings)
+    sock = _listen(host, port)
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log,
+                            limit_concurrency=max_connections, lifespan="on",
+                            timeout_graceful_shutdown=int(math.ceil(settings.request_timeout)) + 5)
+    if settings.api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s without an API key: anyone who can reach it can use it (see --api-key)", host)
+    shown = f"[{host}]" if ":" in host else host
+    log.info("lbnl serve: model %s on http://%s:%d (API docs at /docs)", settings.model_name or reranker.name,
+             shown, port)
+    uvicorn.Server(config).run(sockets=[sock])
