@@ -28,8 +28,12 @@ def load_checkpoint(
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
 ) -> tuple[LBNLModel, Any]:
-    """Load a local checkpoint directory (official layout) into a model and its tokenizer."""
+    """Load a local checkpoint directory (official layout, or an lbnl adapter applied to its base)."""
     path = Path(path)
+    from .adapter import is_adapter_dir, load_adapter
+
+    if is_adapter_dir(path):
+        return load_adapter(path, dtype=dtype, device=device)
     tokenizer = load_tokenizer(path)
     model = LBNLModel.from_pretrained(path, tokenizer, dtype=dtype, device=device)
     return model, tokenizer

@@ -1,0 +1,465 @@
+"""Training lists: (query, 1 positive, K negatives) groups, their prompts, and padded batches.
+
+Groups come from BEIR train qrels with hard negatives mined by BM25 (never a judged positive),
+from self-supervised title -> text pairs of a corpus, or from a JSONL file of
+``{"query", "positive", "negatives"}`` objects. A held-out slice of the training queries is kept
+for validation. Which group a step sees, its negatives, the positive's place in the prompt and the
+augmentation are pure functions of ``(seed, position in the stream)``, so a resumed run sees
+exactly the lists an uninterrupted one would. Prompts are built with
+:func:`lbnl.prompt.build_prompt` after :func:`lbnl.prompt.truncate_many`, exactly as at inference.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+from ..errors import InvalidInputError
+from ..prompt import EMBED_TOKEN, RERANK_TOKEN, build_prompt, truncate, truncate_many
+from .config import DataConfig
+
+Hit = tuple[str, float]
+
+
+class Searcher(Protocol):
+    """A first-stage retriever over a fixed corpus (:class:`lbnl.eval.first_stage.BM25Index` is one)."""
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]: ...
+
+
+SearcherFactory = Callable[[list[str], list[str]], Searcher]
+
+
+def default_searcher(doc_ids: list[str], texts: list[str]) -> Searcher:
+    """The BM25 first stage of the evaluation (same variant and parameters), used to mine negatives."""
+    from ..eval.first_stage import BM25Index
+
+    return BM25Index.build(doc_ids, texts)
+
+
+@dataclass(frozen=True)
+class Group:
+    """One training list source: a query, its positive, and a pool of negatives (hardest first)."""
+
+    query_id: str
+    query: str
+    positive: str
+    negatives: tuple[str, ...]
+    positives: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ValidationQuery:
+    """A held-out query, the candidates to rerank (first-stage order) and its relevance judgements."""
+
+    query_id: str
+    query: str
+    candidates: tuple[str, ...]
+    qrels: dict[str, int] = field(hash=False)
+
+
+@dataclass
+class TrainData:
+    """Documents by id, training groups, validation queries.
+
+    ``random_negatives`` makes every list draw its negatives from the whole corpus (minus the
+    query's positives) instead of from the group's pool.
+    """
+
+    docs: dict[str, str]
+    groups: list[Group]
+    validation: list[ValidationQuery]
+    random_negatives: bool = False
+    description: str = ""
+
+
+def _corpus(root: Path) -> dict[str, dict[str, str]]:
+    from ..eval.beir import load_corpus
+
+    for name in ("corpus.jsonl", "corpus.jsonl.gz"):
+        if (root / name).is_file():
+            return load_corpus(root / name)
+    raise InvalidInputError(f"{root}: no corpus.jsonl or corpus.jsonl.gz (expected the BEIR layout)")
+
+
+def _split_heldout(items: list[str], n: int, seed: int) -> tuple[list[str], list[str]]:
+    """(train, held out): ``n`` items chosen by a seeded permutation."""
+    order = np.random.default_rng([seed, 2]).permutation(len(items))
+    if items and n >= len(items):
+        raise InvalidInputError(f"data.validation_queries={n} leaves no training query (only {len(items)})")
+    held = sorted(items[i] for i in order[:n])
+    held_set = set(held)
+    return [x for x in items if x not in held_set], held
+
+
+def _cap(groups: list[Group], max_groups: int | None, seed: int) -> list[Group]:
+    if max_groups is None or max_groups >= len(groups):
+        return groups
+    order = np.random.default_rng([seed, 3]).permutation(len(groups))[:max_groups]
+    return [groups[i] for i in sorted(order)]
+
+
+def beir_data(config: DataConfig, seed: int, searcher_factory: SearcherFactory = default_searcher) -> TrainData:
+    """Groups from a BEIR split: one per (query, judged positive), negatives from the BM25 top ``negative_pool``."""
+    from ..eval.beir import document_text, load_beir
+
+    root = Path(config.path or "")
+    if not root.is_dir():
+        raise InvalidInputError(f"data.path: no BEIR directory at {root}")
+    dataset = load_beir(root, config.split)
+    docs = {i: document_text(d) for i, d in dataset.corpus.items()}
+    queries, qrels = dataset.queries, dataset.qrels
+    judged = sorted(q for q, rel in qrels.items()
+                    if q in queries and any(s > 0 and d in docs for d, s in rel.items()))
+    if not judged:
+        raise InvalidInputError(f"{root}: no query of split {config.split!r} has a positive in the corpus")
+    train_ids, val_ids = _split_heldout(judged, config.validation_queries, seed)
+    doc_ids = list(docs)
+    searcher = searcher_factory(doc_ids, [docs[i] for i in doc_ids])
+    positives = {q: tuple(sorted(d for d, s in qrels[q].items() if s > 0 and d in docs)) for q in judged}
+    hits: list[list[Hit]] = [[] for _ in train_ids]
+    if config.negative_source == "bm25":
+        depth = config.negative_pool + max(len(positives[q]) for q in train_ids)
+        hits = searcher.search([queries[q] for q in train_ids], depth)
+    groups = []
+    for q, row in zip(train_ids, hits):
+        judged_pos = set(positives[q])
+        pool = tuple(d for d, _ in row if d not in judged_pos)[: config.negative_pool]
+        groups += [Group(q, queries[q], p, pool, positives[q]) for p in positives[q]]
+    val_hits = searcher.search([queries[q] for q in val_ids], config.validation_depth)
+    validation = [ValidationQuery(q, queries[q], tuple(d for d, _ in row), dict(qrels[q]))
+                  for q, row in zip(val_ids, val_hits)]
+    return TrainData(docs, _cap(groups, config.max_groups, seed), validation,
+                     random_negatives=config.negative_source == "random",
+                     description=f"BEIR {root.name}/{config.split}: {len(train_ids)} training queries")
+
+
+def self_supervised_data(config: DataConfig, seed: int,
+                         searcher_factory: SearcherFactory = default_searcher) -> TrainData:
+    """Title -> body pairs of a BEIR corpus: the title is the query, its own body the positive."""
+    root = Path(config.path or "")
+    if not root.is_dir():
+        raise InvalidInputError(f"data.path: no BEIR directory at {root}")
+    corpus = _corpus(root)
+    docs = {i: str(d.get("text") or "").strip() for i, d in corpus.items()}
+    titled = [i for i, d in corpus.items() if str(d.get("title") or "").strip() and docs[i]]
+    if len(titled) < 2:
+        raise InvalidInputError(f"{root}: the corpus has too few documents with both a title and a text")
+    train_ids, val_ids = _split_heldout(titled, config.validation_queries, seed)
+    if config.max_groups is not None and config.max_groups < len(train_ids):
+        keep = np.random.default_rng([seed, 3]).permutation(len(train_ids))[: config.max_groups]
+        train_ids = [train_ids[i] for i in sorted(keep)]
+    titles = {i: str(corpus[i]["title"]).strip() for i in titled}
+    doc_ids = list(docs)
+    chosen = train_ids + val_ids
+    if config.negative_source == "bm25":
+        searcher = searcher_factory(doc_ids, [docs[i] for i in doc_ids])
+        rows = searcher.search([titles[i] for i in chosen], config.negative_pool + 1)
+        pools = {i: tuple(d for d, _ in row if d != i)[: config.negative_pool] for i, row in zip(chosen, rows)}
+    else:
+        rng = np.random.default_rng([seed, 4])
+        pools = {}
+        for i in chosen:
+            picks = rng.choice(len(doc_ids), size=min(len(doc_ids), config.negatives + 1), replace=False)
+            pools[i] = tuple(doc_ids[j] for j in picks if doc_ids[j] != i)[: config.negatives]
+    groups = [Group(f"title:{i}", titles[i], i, pools[i], (i,)) for i in train_ids]
+    validation = []
+    for i in val_ids:
+        candidates = [i, *pools[i][: max(1, config.validation_depth - 1)]]
+        order = np.random.default_rng([seed, 5, len(validation)]).permutation(len(candidates))
+        validation.append(ValidationQuery(f"title:{i}", titles[i], tuple(candidates[j] for j in order), {i: 1}))
+    return TrainData(docs, groups, validation, random_negatives=config.negative_source == "random",
+                     description=f"self-supervised titles of {root.name}: {len(groups)} pairs")
+
+
+def jsonl_data(config: DataConfig, seed: int) -> TrainData:
+    """Groups from a JSONL file, one ``{"query", "positive", "negatives"[, "query_id"]}`` object per line."""
+    path = Path(config.path or "")
+    if not path.is_file():
+        raise InvalidInputError(f"data.path: no JSONL file at {path}")
+    docs: dict[str, str] = {}
+    ids: dict[str, str] = {}
+
+    def doc_id(text: str) -> str:
+        if text not in ids:
+            ids[text] = f"d{len(ids)}"
+            docs[ids[text]] = text
+        return ids[text]
+
+    raw: list[Group] = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InvalidInputError(f"{path}, line {n}: not valid JSON ({exc.msg})") from None
+            ok = (isinstance(item, dict) and isinstance(item.get("query"), str) and item["query"].strip()
+                  and isinstance(item.get("positive"), str)
+                  and isinstance(item.get("negatives", []), list)
+                  and all(isinstance(x, str) for x in item.get("negatives", [])))
+            if not ok:
+                raise InvalidInputError(f"{path}, line {n}: expected {{\"query\": str, \"positive\": str, "
+                                        "\"negatives\": [str, ...]}")
+            pos = doc_id(item["positive"])
+            negs = tuple(dict.fromkeys(d for d in map(doc_id, item.get("negatives", [])) if d != pos))
+            raw.append(Group(str(item.get("query_id", f"q{n}")), item["query"], pos, negs, (pos,)))
+    if not raw:
+        raise InvalidInputError(f"{path} holds no groups")
+    keys = [str(i) for i in range(len(raw))]
+    train_keys, val_keys = _split_heldout(keys, config.validation_queries, seed)
+    groups = [raw[int(k)] for k in train_keys]
+    validation = []
+    for k in val_keys:
+        g = raw[int(k)]
+        candidates = [g.positive, *g.negatives[: max(1, config.validation_depth - 1)]]
+        order = np.random.default_rng([seed, 5, int(k)]).permutation(len(candidates))
+        validation.append(ValidationQuery(g.query_id, g.query, tuple(candidates[j] for j in order), {g.positive: 1}))
+    return TrainData(docs, _cap(groups, config.max_groups, seed), validation,
+                     description=f"JSONL {path.name}: {len(groups)} groups")
+
+
+def build_train_data(config: DataConfig, seed: int, searcher_factory: SearcherFactory = default_searcher) -> TrainData:
+    """The :class:`TrainData` that ``config.source`` names."""
+    if config.source == "beir":
+        return beir_data(config, seed, searcher_factory)
+    if config.source == "self_supervised":
+        return self_supervised_data(config, seed, searcher_factory)
+    if config.source == "jsonl":
+        return jsonl_data(config, seed)
+    raise InvalidInputError(f"data.source: unknown source {config.source!r}")
+
+
+@dataclass
+class EncodedList:
+    """The prompts of one training list and where each embedding sits.
+
+    Slots are ``(prompt index, token position)``, indexed by the list's documents in canonical
+    order (the positive first): ``doc`` in the main prompts, ``query`` and ``early`` the final and
+    early rerank tokens the document's prompt holds, ``augmented`` the document's augmented copy in
+    the second pass.
+    """
+
+    prompts: list[list[int]]
+    doc: list[tuple[int, int]]
+    query: list[tuple[int, int]]
+    early: list[tuple[int, int]] | None = None
+    augmented: list[tuple[int, int]] | None = None
+
+    @property
+    def n_docs(self) -> int:
+        return len(self.doc)
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(len(p) for p in self.prompts)
+
+
+def drop_span(ids: Sequence[int], rng: np.random.Generator, low: float, high: float) -> list[int]:
+    """Remove one random contiguous span of ``round(f * len(ids))`` tokens, ``f`` uniform in [low, high]."""
+    n = len(ids)
+    span = int(round(rng.uniform(low, high) * n))
+    if span <= 0 or span >= n:
+        return list(ids)
+    start = int(rng.integers(0, n - span + 1))
+    return list(ids[:start]) + list(ids[start + span:])
+
+
+class ListEncoder:
+    """Turns (query, documents) into token ids of training prompts, truncated as at inference.
+
+    Args:
+        tokenizer: the model's tokenizer (with the two special tokens).
+        mode: ``listwise`` (one prompt per list) or ``pointwise`` (one prompt per document).
+        max_doc_tokens, max_query_tokens: truncation caps.
+        instruction: optional instruction in every prompt.
+        dual: add the early query token (for L_dual).
+        similar: add the augmented, shuffled second pass (for L_similar).
+        span_drop: (low, high) fraction of a document's tokens dropped in its augmented copy.
+    """
+
+    def __init__(self, tokenizer: Any, *, mode: str = "listwise", max_doc_tokens: int = 768,
+                 max_query_tokens: int = 512, instruction: str | None = None, dual: bool = True,
+                 similar: bool = True, span_drop: tuple[float, float] = (0.1, 0.2)):
+        if mode not in ("listwise", "pointwise"):
+            raise ValueError(f"mode must be listwise or pointwise, got {mode!r}")
+        self.tokenizer = tokenizer
+        self.mode = mode
+        self.max_doc_tokens = max_doc_tokens
+        self.max_query_tokens = max_query_tokens
+        self.instruction = instruction
+        self.dual = dual
+        self.similar = similar
+        self.span_drop = span_drop
+        vocab = tokenizer.get_vocab()
+        self.embed_id, self.rerank_id = vocab[EMBED_TOKEN], vocab[RERANK_TOKEN]
+        self._docs: dict[str, tuple[str, list[int]]] = {}
+        self._queries: dict[str, str] = {}
+
+    def _doc(self, doc_id: str, text: str) -> tuple[str, list[int]]:
+        if doc_id not in self._docs:
+            (short,), _ = truncate_many([text], self.tokenizer, self.max_doc_tokens)
+            self._docs[doc_id] = (short, self.tokenizer(short, add_special_tokens=False)["input_ids"])
+        return self._docs[doc_id]
+
+    def _query(self, query: str) -> str:
+        if query not in self._queries:
+            self._queries[query] = truncate(query, self.tokenizer, self.max_query_tokens)[0]
+        return self._queries[query]
+
+    def _prompts(self, query: str, groups: list[list[str]], early: bool) -> list[list[int]]:
+        prompts = [build_prompt(query, g, self.instruction, early_query_token=early) for g in groups]
+        return self.tokenizer(prompts, add_special_tokens=True)["input_ids"]
+
+    def _locate(self, prompts: list[list[int]], early: bool) -> tuple[list[list[int]], list[int], list[int]]:
+        docs, finals, earlies = [], [], []
+        for ids in prompts:
+            arr = np.asarray(ids)
+            docs.append(np.flatnonzero(arr == self.embed_id).tolist())
+            ranks = np.flatnonzero(arr == self.rerank_id)
+            if len(ranks) != (2 if early else 1):
+                raise RuntimeError("a training prompt holds an unexpected number of rerank tokens")
+            finals.append(int(ranks[-1]))
+            earlies.append(int(ranks[0]))
+        return docs, finals, earlies
+
+    def encode(self, query: str, docs: Sequence[tuple[str, str]], rng: np.random.Generator) -> EncodedList:
+        """Encode one list; ``docs`` are ``(doc id, text)`` with the positive first."""
+        query = self._query(query)
+        texts = [self._doc(i, t) for i, t in docs]
+        n = len(texts)
+        passes = [("main", [t for t, _ in texts], rng.permutation(n))]
+        if self.similar:
+            low, high = self.span_drop
+            augmented = [self.tokenizer.decode(drop_span(ids, rng, low, high), skip_special_tokens=False)
+                         for _, ids in texts]
+            passes.append(("augmented", augmented, rng.permutation(n)))
+        out = EncodedList(prompts=[], doc=[(0, 0)] * n, query=[(0, 0)] * n,
+                          early=[(0, 0)] * n if self.dual else None,
+                          augmented=[(0, 0)] * n if self.similar else None)
+        for name, pass_texts, order in passes:
+            if self.mode == "listwise":
+                layout = [list(order)]
+            else:
+                layout = [[int(i)] for i in order]
+            prompts = self._prompts(query, [[pass_texts[i] for i in g] for g in layout], self.dual)
+            doc_pos, finals, earlies = self._locate(prompts, self.dual)
+            base = len(out.prompts)
+            for p, group in enumerate(layout):
+                if len(doc_pos[p]) != len(group):
+                    raise RuntimeError("a training prompt holds an unexpected number of embed tokens")
+                for slot, canonical in enumerate(group):
+                    where = (base + p, doc_pos[p][slot])
+                    if name == "main":
+                        out.doc[canonical] = where
+                        out.query[canonical] = (base + p, finals[p])
+                        if out.early is not None:
+                            out.early[canonical] = (base + p, earlies[p])
+                    else:
+                        assert out.augmented is not None
+                        out.augmented[canonical] = where
+            out.prompts.extend(prompts)
+        return out
+
+
+class ListSampler:
+    """The deterministic stream of training lists.
+
+    List number ``g`` of the stream belongs to epoch ``g // len(groups)``; each epoch visits the
+    groups in its own seeded order. The negatives, shuffles and augmentation of list ``g`` come
+    from a generator seeded with ``(seed, g)``.
+    """
+
+    def __init__(self, data: TrainData, encoder: ListEncoder, *, negatives: int, seed: int):
+        if not data.groups:
+            raise InvalidInputError("no training lists: the data source produced no groups")
+        self.data = data
+        self.encoder = encoder
+        self.negatives = negatives
+        self.seed = seed
+        self._orders: dict[int, np.ndarray] = {}
+        self._all_ids = list(data.docs)
+
+    def group(self, g: int) -> Group:
+        epoch, pos = divmod(g, len(self.data.groups))
+        if epoch not in self._orders:
+            self._orders = {epoch: np.random.default_rng([self.seed, 1, epoch]).permutation(len(self.data.groups))}
+        return self.data.groups[int(self._orders[epoch][pos])]
+
+    def negatives_for(self, group: Group, rng: np.random.Generator) -> list[str]:
+        """``negatives`` ids: drawn from the group's pool, topped up with random documents when the pool
+        is short (BM25 finds few documents sharing a term with some queries) or when negatives are random."""
+        pool = [] if self.data.random_negatives else list(group.negatives)
+        if len(pool) > self.negatives:
+            return [pool[i] for i in sorted(rng.choice(len(pool), size=self.negatives, replace=False))]
+        banned = set(group.positives) | {group.positive} | set(pool)
+        need = min(self.negatives - len(pool), len(self._all_ids) - len(banned))
+        while need > 0:
+            picks = rng.choice(len(self._all_ids), size=min(len(self._all_ids), need + len(banned)), replace=False)
+            for i in picks:
+                if need and self._all_ids[i] not in banned:
+                    pool.append(self._all_ids[i])
+                    banned.add(self._all_ids[i])
+                    need -= 1
+        return pool
+
+    def encode(self, g: int) -> EncodedList:
+        group = self.group(g)
+        rng = np.random.default_rng([self.seed, 0, g])
+        ids = [group.positive, *self.negatives_for(group, rng)]
+        return self.encoder.encode(group.query, [(i, self.data.docs[i]) for i in ids], rng)
+
+    def lists(self, start: int, count: int) -> list[EncodedList]:
+        """Lists ``start .. start + count - 1`` of the stream."""
+        return [self.encode(g) for g in range(start, start + count)]
+
+
+@dataclass
+class Batch:
+    """Right-padded prompts of several lists and the flat positions (``row * width + column``) to read.
+
+    ``doc``, ``query``, ``early``, ``augmented`` and ``mask`` are ``[lists, max documents]``.
+    """
+
+    input_ids: Any
+    doc: Any
+    query: Any
+    mask: Any
+    early: Any = None
+    augmented: Any = None
+    docs: int = 0
+    tokens: int = 0
+
+
+def collate(lists: Sequence[EncodedList], pad_id: int) -> Batch:
+    """Pad the prompts of ``lists`` into one tensor and index every embedding position."""
+    import torch
+
+    prompts = [p for item in lists for p in item.prompts]
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    for row, p in enumerate(prompts):
+        ids[row, : len(p)] = torch.tensor(p, dtype=torch.long)
+    n = max(item.n_docs for item in lists)
+    mask = torch.zeros((len(lists), n), dtype=torch.bool)
+    tables: dict[str, Any] = {}
+    for name in ("doc", "query", "early", "augmented"):
+        if getattr(lists[0], name) is None:
+            tables[name] = None
+            continue
+        table = torch.zeros((len(lists), n), dtype=torch.long)
+        offset = 0
+        for b, item in enumerate(lists):
+            for i, (prompt, pos) in enumerate(getattr(item, name)):
+                table[b, i] = (offset + prompt) * width + pos
+            offset += len(item.prompts)
+        tables[name] = table
+    for b, item in enumerate(lists):
+        mask[b, : item.n_docs] = True
+    return Batch(ids, tables["doc"], tables["query"], mask, tables["early"], tables["augmented"],
+                 docs=sum(item.n_docs for item in lists), tokens=sum(item.n_tokens for item in lists))

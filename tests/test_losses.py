@@ -1,0 +1,150 @@
+"""The four LBNL objectives against hand-computed values on tiny tensors, and their directions."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lbnl.train import losses as L
+
+E0, E1 = [1.0, 0.0], [0.0, 1.0]
+NEG_E0 = [-1.0, 0.0]
+
+
+def t(x) -> torch.Tensor:
+    return torch.tensor(x, dtype=torch.float32)
+
+
+def test_info_nce_hand_value_and_mask() -> None:
+    logits = t([[1.0, 0.0, 0.0], [0.0, 2.0, 5.0]])
+    expected_0 = -math.log(math.e / (math.e + 2))
+    expected_1 = -math.log(1 / (1 + math.e**2 + math.e**5))
+    assert L.info_nce(logits).item() == pytest.approx((expected_0 + expected_1) / 2, rel=1e-6)
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    expected_1m = -math.log(1 / (1 + math.e**2))
+    assert L.info_nce(logits, mask).item() == pytest.approx((expected_0 + expected_1m) / 2, rel=1e-6)
+
+
+def test_rank_loss_hand_value() -> None:
+    # cosines of the query (1, 0) with the positive (2, 0), and negatives (0, 3) and (-1, 0): 1, 0, -1.
+    q, docs, tau = t([E0]), t([[[2.0, 0.0], [0.0, 3.0], NEG_E0]]), 0.5
+    expected = -math.log(math.exp(2) / (math.exp(2) + 1 + math.exp(-2)))
+    assert L.rank_loss(q, docs, tau).item() == pytest.approx(expected, rel=1e-6)
+    # one query per document (pointwise layout) with equal vectors is the same loss
+    assert L.rank_loss(q[:, None, :].expand(1, 3, 2), docs, tau).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_rank_loss_in_batch_negatives_hand_value() -> None:
+    tau = 1.0
+    q = t([E0, E1])
+    docs = t([[E0, E1], [E1, NEG_E0]])
+    # list 0: own logits [1, 0], others' documents E1 (0) and -E0 (-1)
+    l0 = -math.log(math.e / (math.e + 1 + 1 + math.exp(-1)))
+    # list 1: own logits [1, 0], others' documents E0 (0) and E1 (1)
+    l1 = -math.log(math.e / (math.e + 1 + 1 + math.e))
+    got = L.rank_loss(q, docs, tau, in_batch_negatives=True).item()
+    assert got == pytest.approx((l0 + l1) / 2, rel=1e-6)
+    # a padded document is never used, neither in its own list nor as another list's negative
+    mask = torch.tensor([[True, True], [True, False]])
+    l0m = -math.log(math.e / (math.e + 1 + 1))  # own [1, 0], list 1's only real document E1: 0
+    l1m = -math.log(math.e / (math.e + 1 + math.e))  # own [1], list 0's documents E0: 0, E1: 1
+    got = L.rank_loss(q, docs, tau, mask, in_batch_negatives=True).item()
+    assert got == pytest.approx((l0m + l1m) / 2, rel=1e-6)
+
+
+def test_rank_loss_direction() -> None:
+    """Moving the positive toward the query lowers the loss; moving a negative toward it raises it."""
+    q = t([E0])
+    far = L.rank_loss(q, t([[[0.5, 1.0], E1, NEG_E0]]), 0.25)
+    near = L.rank_loss(q, t([[[1.0, 0.1], E1, NEG_E0]]), 0.25)
+    assert near < far
+    harder = L.rank_loss(q, t([[[1.0, 0.1], [1.0, 0.5], NEG_E0]]), 0.25)
+    assert harder > near
+
+
+def test_dispersive_loss_hand_value_and_direction() -> None:
+    tau = 0.5
+    docs = t([[E0, E1, NEG_E0]])
+    # pair cosines: (E0, E1) 0, (E0, -E0) -1, (E1, -E0) 0
+    expected = math.log((1 + math.exp(-2) + 1) / 3)
+    assert L.dispersive_loss(docs, tau).item() == pytest.approx(expected, rel=1e-6)
+    clustered = t([[E0, [1.0, 0.1], [1.0, -0.1]]])
+    spread = t([[E0, [-0.5, 0.87], [-0.5, -0.87]]])
+    assert L.dispersive_loss(spread, tau) < L.dispersive_loss(clustered, tau)
+    # gradient descent on the loss pushes documents apart
+    x = clustered.clone().requires_grad_(True)
+    before = L.cosine_matrix(x, x).triu(1).sum().item()
+    L.dispersive_loss(x, tau).backward()
+    with torch.no_grad():
+        x -= 0.1 * x.grad
+    assert L.cosine_matrix(x, x).triu(1).sum().item() < before
+
+
+def test_dispersive_loss_mask_and_averaging() -> None:
+    tau = 1.0
+    docs = t([[E0, E1, [5.0, 5.0]], [E0, NEG_E0, E1]])
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    l0 = math.log(1.0)  # one pair, cosine 0
+    l1 = math.log((math.exp(-1) + 1 + 1) / 3)
+    assert L.dispersive_loss(docs, tau, mask).item() == pytest.approx((l0 + l1) / 2, abs=1e-6)
+    single = torch.tensor([[True, False, False], [True, False, False]])
+    assert L.dispersive_loss(docs, tau, single).item() == 0.0
+
+
+def test_dual_matching_loss_uses_the_early_query() -> None:
+    docs = t([[E0, E1]])
+    early = t([E1])  # the early token points at the negative: high loss
+    tau = 0.5
+    expected = -math.log(1 / (1 + math.exp(2)))
+    assert L.dual_matching_loss(early, docs, tau).item() == pytest.approx(expected, rel=1e-6)
+    assert L.dual_matching_loss(t([E0]), docs, tau) < L.dual_matching_loss(early, docs, tau)
+
+
+def test_similarity_loss_hand_value_and_direction() -> None:
+    tau = 0.5
+    docs = t([[E0, E1]])
+    aug = t([[[1.0, 1.0], E1]])  # copy of doc 0 at 45 degrees, copy of doc 1 exact
+    c = math.cos(math.pi / 4)
+    # doc 0: own copy cos c, other copy cos 0; doc 1: own copy 1, other copy cos c
+    d0 = -math.log(math.exp(c / tau) / (math.exp(c / tau) + 1))
+    d1 = -math.log(math.exp(1 / tau) / (math.exp(1 / tau) + math.exp(c / tau)))
+    assert L.similarity_loss(docs, aug, tau).item() == pytest.approx((d0 + d1) / 2, rel=1e-6)
+    closer = t([[[1.0, 0.2], E1]])
+    assert L.similarity_loss(docs, closer, tau) < L.similarity_loss(docs, aug, tau)
+    swapped = t([[E1, E0]])
+    assert L.similarity_loss(docs, swapped, tau) > L.similarity_loss(docs, aug, tau)
+
+
+def test_similarity_loss_mask() -> None:
+    tau = 1.0
+    docs = t([[E0, E1, [3.0, 4.0]]])
+    aug = t([[E0, E1, [-3.0, 4.0]]])
+    mask = torch.tensor([[True, True, False]])
+    per_doc = -math.log(math.e / (math.e + 1))
+    assert L.similarity_loss(docs, aug, tau, mask).item() == pytest.approx(per_doc, rel=1e-6)
+
+
+def test_masked_losses_have_finite_gradients() -> None:
+    torch.manual_seed(0)
+    docs = torch.randn(2, 4, 8, requires_grad=True)
+    query = torch.randn(2, 8, requires_grad=True)
+    aug = torch.randn(2, 4, 8, requires_grad=True)
+    mask = torch.tensor([[True, True, True, False], [True, True, False, False]])
+    total = (L.rank_loss(query, docs, 0.05, mask, in_batch_negatives=True) + L.dispersive_loss(docs, 0.05, mask)
+             + L.dual_matching_loss(query, docs, 0.05, mask) + L.similarity_loss(docs, aug, 0.05, mask))
+    total.backward()
+    for x in (docs, query, aug):
+        assert torch.isfinite(x.grad).all()
+    assert float(docs.grad[0, 3].abs().sum()) == 0.0  # a padded document receives no gradient
+
+
+def test_combine_weights() -> None:
+    parts = {"rank": t(1.0), "disperse": t(2.0), "dual": t(3.0), "similar": t(4.0)}
+    out = L.combine(parts, L.DEFAULT_WEIGHTS)
+    assert out.total.item() == pytest.approx(1 + 0.45 * 2 + 0.85 * 3 + 0.85 * 4)
+    assert out.components == {"rank": 1.0, "disperse": 2.0, "dual": 3.0, "similar": 4.0}
+    assert L.combine(parts, {"rank": 0.0, "dual": 1.0}).total.item() == pytest.approx(3.0)
+    with pytest.raises(ValueError):
+        L.combine(parts, {"rank": 0.0})

@@ -1,0 +1,216 @@
+"""The training loop end to end on tiny real models: learning a planted signal, exact resume, modes, CLI, configs."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lbnl import InvalidInputError, Reranker
+from lbnl.cli import main as cli_main
+from lbnl.train.config import TrainConfig, documented_keys, from_dict, load_config, render_yaml
+from lbnl.train.loop import Trainer, lr_factor, train
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+TOPICS = ["apple", "river", "violin", "tiger", "planet", "copper"]
+FILLER = "the a of and with some many very old new small large green blue".split()
+
+
+def write_planted(path: Path, n: int, seed: int = 0) -> Path:
+    """Groups whose positive always contains the word "zebra" and whose negatives never do."""
+    rng = random.Random(seed)
+
+    def doc(word: str) -> str:
+        words = [rng.choice(FILLER) for _ in range(6)]
+        words.insert(rng.randrange(7), word)
+        return " ".join(words)
+
+    rows = [{"query": f"about {rng.choice(TOPICS)}", "positive": doc("zebra"),
+             "negatives": [doc(rng.choice(TOPICS)) for _ in range(3)]} for _ in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_planted(tmp_path_factory.mktemp("toy") / "planted.jsonl", 160)
+
+
+def overrides(base: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return [f"model.base={base}", f"run.output_dir={out}", "data.source=jsonl", f"data.path={data}",
+            "data.negatives=3", "run.progress=false", *extra]
+
+
+def test_lr_schedules() -> None:
+    cos = [lr_factor(s, 10, 2, "cosine") for s in range(10)]
+    assert cos[:2] == [0.5, 1.0] and cos[2] == 1.0
+    assert all(a > b for a, b in zip(cos[2:], cos[3:])) and 0 < cos[-1] < 0.1
+    lin = [lr_factor(s, 10, 0, "linear") for s in range(10)]
+    assert lin[0] == 1.0 and lin[-1] == pytest.approx(0.1)
+    assert {lr_factor(s, 10, 0, "constant") for s in range(10)} == {1.0}
+
+
+def test_planted_signal_is_learned(tiny_checkpoint: Path, planted: Path, tmp_path: Path) -> None:
+    """Loss falls, and on held-out lists the positive ends up ranked first, in both output forms."""
+    out = tmp_path / "run"
+    config = load_config(None, overrides(tiny_checkpoint, planted, out, "optim.lr=1e-3", "optim.max_steps=24",
+                                         "optim.lists_per_batch=4", "data.validation_queries=12",
+                                         "run.eval_every=0", "run.save_every=0"))
+    result = train(config)
+    trains = [r for r in result.history if r["type"] == "train"]
+    vals = [r for r in result.history if r["type"] == "validation"]
+    assert len(trains) == 24 and [v["step"] for v in vals] == [0, 24]
+    first, last = np.mean([r["rank"] for r in trains[:4]]), np.mean([r["rank"] for r in trains[-4:]])
+    assert last < 0.5 * first and last < 0.5 * math.log(4)
+    assert np.mean([r["loss"] for r in trains[-4:]]) < np.mean([r["loss"] for r in trains[:4]])
+    assert vals[-1]["ndcg@10"] > 0.9 > vals[0]["ndcg@10"]
+    for name in ("train_log.jsonl", "loss_curve.png", "summary.json", "config.yaml"):
+        assert (out / name).stat().st_size > 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 24 and summary["docs_per_s"] > 0 and summary["steps_per_s"] > 0
+    # fresh lists never seen in training, reranked by both shipped forms
+    fresh = write_planted(tmp_path / "fresh.jsonl", 12, seed=99)
+    rows = [json.loads(line) for line in fresh.read_text().splitlines()]
+    full = Reranker.from_pretrained(result.model_dir, device="cpu")
+    adapter = Reranker.from_pretrained(result.adapter_dir, device="cpu")
+    firsts = 0
+    for row in rows:
+        docs = [row["positive"], *row["negatives"]]
+        ranked = full.rerank(row["query"], docs)
+        firsts += ranked[0].index == 0
+        from_adapter = {r.index: r.relevance_score for r in adapter.rerank(row["query"], docs)}
+        np.testing.assert_allclose([from_adapter[r.index] for r in ranked], [r.relevance_score for r in ranked],
+                                   atol=1e-4)
+    assert firsts >= 11
+
+
+def _final_state(out: Path) -> dict[str, torch.Tensor]:
+    last = sorted((out / "checkpoints").glob("step-*"))[-1]
+    return load_file(str(last / "trainable.safetensors"))
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(tiny_checkpoint: Path, planted: Path, tmp_path: Path) -> None:
+    extra = ("optim.max_steps=4", "optim.lists_per_batch=2", "optim.grad_accum=2", "optim.lr=1e-3",
+             "optim.warmup_steps=1", "model.lora_dropout=0.1", "data.validation_queries=4", "run.eval_every=2",
+             "run.eval_at_start=false", "run.save_every=2", "run.keep_checkpoints=1", "run.save_full=false")
+    whole = train(load_config(None, overrides(tiny_checkpoint, planted, tmp_path / "whole", *extra)))
+
+    def stop_at_3(step: int, record: dict) -> None:
+        if step == 3:
+            raise KeyboardInterrupt
+
+    config = load_config(None, overrides(tiny_checkpoint, planted, tmp_path / "split", *extra))
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(config).run(callbacks=[stop_at_3])
+    assert [p.name for p in (tmp_path / "split" / "checkpoints").glob("step-*")] == ["step-00000003"]
+    resumed = train(load_config(None, overrides(tiny_checkpoint, planted, tmp_path / "split", *extra)))
+    a, b = _final_state(tmp_path / "whole"), _final_state(tmp_path / "split")
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    strip = lambda h: [(r["type"], r["step"], r.get("loss"), r.get("ndcg@10")) for r in h]
+    assert strip(resumed.history) == strip(whole.history)
+    assert [r["step"] for r in resumed.history if r["type"] == "train"] == [1, 2, 3, 4]
+    with pytest.raises(InvalidInputError, match="already holds checkpoints"):
+        train(load_config(None, overrides(tiny_checkpoint, planted, tmp_path / "split", *extra, "run.resume=false")))
+
+
+def test_pointwise_full_finetune_in_batch_negatives_bf16_and_checkpointing(tiny_checkpoint: Path, planted: Path,
+                                                                          tmp_path: Path) -> None:
+    config = load_config(None, overrides(
+        tiny_checkpoint, planted, tmp_path / "pw", "mode=pointwise", "loss.in_batch_negatives=true",
+        "model.finetune=full", "model.autocast=bf16", "model.gradient_checkpointing=true", "optim.max_steps=2",
+        "optim.lists_per_batch=2", "data.validation_queries=2", "run.eval_at_start=false"))
+    trainer = Trainer(config)
+    assert trainer.bf16
+    result = trainer.run()
+    trains = [r for r in result.history if r["type"] == "train"]
+    assert all({"rank", "disperse", "dual", "similar"} <= set(r) and math.isfinite(r["loss"]) for r in trains)
+    assert trains[0]["docs"] == 2 * 4
+    assert result.adapter_dir is None and (result.model_dir / "model.safetensors").exists()  # full runs ship whole
+    assert [r["step"] for r in result.history if r["type"] == "validation"] == [2]
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_checkpoint: Path, planted: Path, tmp_path: Path) -> None:
+    from lbnl.train.data import collate
+
+    grads = []
+    for flag in ("false", "true"):
+        trainer = Trainer(load_config(None, overrides(
+            tiny_checkpoint, planted, tmp_path / flag, f"model.gradient_checkpointing={flag}", "optim.max_steps=1",
+            "data.validation_queries=0")))
+        trainer.model.train()
+        out = trainer.batch_losses(collate(trainer.sampler.lists(0, 2), trainer.pad_id))
+        out.total.backward()
+        grads.append(torch.cat([p.grad.reshape(-1) for p in trainer.params]))
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-4)
+
+
+def test_plain_llama_causal_lm_trains_and_ships_an_adapter(planted: Path, tmp_path: Path,
+                                                          qwen3_tokenizer_dir: Path) -> None:
+    from test_train_model import build_plain_causal_lm
+
+    base = build_plain_causal_lm(tmp_path / "llama", qwen3_tokenizer_dir, model_type="llama")
+    result = train(load_config(None, overrides(
+        base, planted, tmp_path / "run", "optim.max_steps=2", "optim.lists_per_batch=2", "data.validation_queries=2",
+        "run.eval_at_start=false", "run.adapter_dtype=bfloat16", "optim.lr=1e-2")))
+    meta = json.loads((result.adapter_dir / "lbnl_adapter.json").read_text())
+    assert meta["base_model"] == str(base.resolve()) and meta["vocab_size"] == meta["base_vocab_size"] + 2
+    docs = ["zebra one two", "apple three four", "river five"]
+    a = Reranker.from_pretrained(result.adapter_dir, device="cpu").rerank("about apple", docs)
+    b = Reranker.from_pretrained(result.model_dir, device="cpu").rerank("about apple", docs)
+    assert [r.index for r in a] == [r.index for r in b]
+    np.testing.assert_allclose([r.relevance_score for r in a], [r.relevance_score for r in b], atol=1e-4)
+
+
+def test_cli_train_config_file_and_overrides(tiny_checkpoint: Path, planted: Path, tmp_path: Path, capsys) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text(f"""
+model:
+  base: {tiny_checkpoint}
+data:
+  source: jsonl
+  path: {planted}
+  negatives: 2
+  validation_queries: 2
+optim:
+  max_steps: 50
+  lists_per_batch: 1
+run:
+  output_dir: {tmp_path / 'cli-run'}
+  eval_at_start: false
+  progress: false
+""")
+    assert cli_main(["train", "--config", str(config), "--max-steps", "1", "--set", "loss.similar=0",
+                     "--set", "loss.dual=0"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["steps"] == 1 and Path(summary["adapter"]).is_dir()
+    saved = load_config(tmp_path / "cli-run" / "config.yaml")
+    assert saved.optim.max_steps == 1 and saved.loss.similar == 0 and saved.data.negatives == 2
+    assert cli_main(["train", "--config", str(config), "--set", "optim.learning_rate=1"]) == 2
+    assert "unknown config key 'optim.learning_rate'" in capsys.readouterr().err
+    assert cli_main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert cli_main(["train", "--print-defaults"]) == 0
+    assert capsys.readouterr().out == render_yaml(TrainConfig())
+
+
+def test_configs_are_valid_and_every_key_documented() -> None:
+    import yaml
+
+    keys = documented_keys()
+    assert all(len(doc) > 15 for doc in keys.values())
+    assert (CONFIGS / "reference.yaml").read_text() == render_yaml(TrainConfig()), \
+        "regenerate with: lbnl train --print-defaults > configs/reference.yaml"
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        raw = yaml.safe_load(path.read_text())
+        config = from_dict(raw)
+        if path.name != "reference.yaml":
+            config.validate()
+        for section, values in raw.items():
+            for key in values if isinstance(values, dict) else [section]:
+                assert (f"{section}.{key}" if isinstance(values, dict) else key) in keys

@@ -1,0 +1,199 @@
+"""The model being trained: plain causal LM -> LBNL, LoRA with trainable special-token rows, the adapter form."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lbnl import CheckpointError, Reranker
+from lbnl.models import load_checkpoint
+from lbnl.models.adapter import ADAPTER_FILE, is_adapter_dir, read_adapter_config, register_base_resolver
+from lbnl.prompt import EMBED_TOKEN, RERANK_TOKEN
+from lbnl.train.modeling import TrainableLBNL, init_lbnl_from_causal_lm, load_base
+
+QUERY = "green tea health benefits"
+DOCS = ["Green tea catechins reduce inflammation.", "Coffee prices rose by twenty percent.",
+        "Basketball is popular in the United States.", "Tea antioxidants may help brain function."]
+PROJECTIONS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+def plain_tokenizer(qwen3_tokenizer_dir: Path, out: Path):
+    """The real Qwen3 tokenizer without the LBNL tokens, saved in ``out``."""
+    from transformers import AutoTokenizer
+
+    out.mkdir(parents=True, exist_ok=True)
+    for f in qwen3_tokenizer_dir.iterdir():
+        if f.name.endswith(".gz"):
+            (out / f.name[:-3]).write_bytes(gzip.decompress(f.read_bytes()))
+        elif f.is_file():
+            shutil.copy(f, out / f.name)
+    return AutoTokenizer.from_pretrained(out)
+
+
+def build_plain_causal_lm(out: Path, qwen3_tokenizer_dir: Path, model_type: str = "qwen3", seed: int = 0) -> Path:
+    """A tiny random causal LM (with an LM head, no LBNL tokens, no projector) and the plain Qwen3 tokenizer."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tok = plain_tokenizer(qwen3_tokenizer_dir, out)
+    extra = {"head_dim": 16} if model_type == "qwen3" else {}
+    config = AutoConfig.for_model(model_type, vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                  tie_word_embeddings=False, **extra)
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def plain_lm(tmp_path_factory: pytest.TempPathFactory, qwen3_tokenizer_dir: Path) -> Path:
+    return build_plain_causal_lm(tmp_path_factory.mktemp("plain") / "qwen3-lm", qwen3_tokenizer_dir)
+
+
+def scores(reranker: Reranker) -> list[float]:
+    out = [0.0] * len(DOCS)
+    for r in reranker.rerank(QUERY, DOCS):
+        out[r.index] = r.relevance_score
+    return out
+
+
+def perturb(model: TrainableLBNL, seed: int = 0) -> None:
+    """Move every trainable tensor, as training would."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.trainable_state().values():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+
+
+def test_init_from_plain_causal_lm(plain_lm: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    original = load_file(str(plain_lm / "model.safetensors"))["model.embed_tokens.weight"]
+    model, tok = init_lbnl_from_causal_lm(plain_lm, seed=3, out_dir=tmp_path / "lbnl")
+    vocab = tok.get_vocab()
+    assert EMBED_TOKEN in vocab and RERANK_TOKEN in vocab
+    emb = model.backbone.get_input_embeddings().weight
+    assert emb.shape[0] == original.shape[0] + 2 == len(tok)
+    torch.testing.assert_close(emb[: original.shape[0]], original)
+    for token in (EMBED_TOKEN, RERANK_TOKEN):
+        torch.testing.assert_close(emb[vocab[token]], original.mean(0))
+    # load_base takes the same path: same seeded projector, and it remembers the base's own vocabulary
+    base = load_base(plain_lm, seed=3)
+    assert base.base_vocab_size == original.shape[0]
+    torch.testing.assert_close(base.model.projector[0].weight, model.projector[0].weight)
+    # the written official layout is an ordinary checkpoint
+    reranker = Reranker.from_pretrained(tmp_path / "lbnl", device="cpu")
+    assert len(set(np.round(scores(reranker), 6))) == len(DOCS)
+
+
+def test_related_token_init(plain_lm: Path) -> None:
+    model, tok = init_lbnl_from_causal_lm(plain_lm, token_init="related")
+    emb = model.backbone.get_input_embeddings().weight
+    word = tok(" query", add_special_tokens=False)["input_ids"]
+    torch.testing.assert_close(emb[tok.convert_tokens_to_ids(RERANK_TOKEN)], emb[word].mean(0))
+    assert not torch.equal(emb[tok.convert_tokens_to_ids(RERANK_TOKEN)], emb[tok.convert_tokens_to_ids(EMBED_TOKEN)])
+
+
+def test_lora_trains_only_lora_projector_and_special_rows(tiny_checkpoint: Path) -> None:
+    base = load_base(tiny_checkpoint)
+    before = {k: v.clone() for k, v in base.model.backbone.state_dict().items()}
+    model = TrainableLBNL(base.model, base_vocab_size=base.base_vocab_size, lora_r=4, lora_alpha=8)
+    groups = model.parameter_groups()
+    assert len(groups["projector"]) == 2 and len(groups["tokens"]) == 1
+    lora_layers = model.lora_factors()
+    assert {name.rsplit(".", 1)[-1] for name in lora_layers} == PROJECTIONS
+    assert len(lora_layers) == len(PROJECTIONS) * base.model.config.num_hidden_layers
+    trainable = sum(p.numel() for g in groups.values() for p in g)
+    assert trainable == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    optimizer = torch.optim.AdamW([p for g in groups.values() for p in g], lr=1e-2, weight_decay=0.1)
+    tok = base.tokenizer
+    ids = torch.tensor([tok(f"a b{EMBED_TOKEN} c{EMBED_TOKEN} q{RERANK_TOKEN}")["input_ids"]])
+    for _ in range(3):
+        hidden = model.hidden_states(ids)
+        emb = model.project(hidden[ids == model.embed_token_id])
+        query = model.project(hidden[ids == model.rerank_token_id])
+        loss = -torch.nn.functional.cosine_similarity(emb[0:1], query).sum()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    merged = model.merged()
+    after = merged.backbone.state_dict()
+    assert set(after) == set(before)
+    special = [base.model.embed_token_id, base.model.rerank_token_id]
+    emb_before, emb_after = before["embed_tokens.weight"], after["embed_tokens.weight"]
+    keep = torch.ones(emb_before.shape[0], dtype=torch.bool)
+    keep[special] = False
+    assert torch.equal(emb_after[keep], emb_before[keep])  # every other row untouched, even with weight decay
+    assert not torch.equal(emb_after[special], emb_before[special])
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert changed == {"embed_tokens.weight"} | {f"{n}.weight" for n in lora_layers}
+    assert not any(p.requires_grad for p in merged.parameters())
+
+
+def test_adapter_scores_equal_the_merged_model(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    base = load_base(tiny_checkpoint)
+    model = TrainableLBNL(base.model, base_vocab_size=base.base_vocab_size)
+    perturb(model)
+    adapter = model.save_adapter(tmp_path / "adapter", base=str(tiny_checkpoint), tokenizer=base.tokenizer,
+                                 base_path=base.path)
+    model.merged().save_pretrained(tmp_path / "full", base.tokenizer)
+    assert is_adapter_dir(adapter) and not is_adapter_dir(tmp_path / "full")
+    # the tokenizer equals the base's, so the adapter holds none: a few files, tiny
+    assert not (adapter / "tokenizer.json").exists()
+    assert sum(f.stat().st_size for f in adapter.iterdir()) < 500_000
+    from_adapter = Reranker.from_pretrained(adapter, device="cpu")
+    full = Reranker.from_pretrained(tmp_path / "full", device="cpu")
+    np.testing.assert_allclose(scores(from_adapter), scores(full), atol=1e-4)
+    plain = Reranker.from_pretrained(tiny_checkpoint, device="cpu")
+    assert np.abs(np.array(scores(plain)) - np.array(scores(full))).max() > 1e-3  # the adapter does something
+
+
+def test_adapter_on_a_plain_causal_lm_with_a_grown_vocabulary(plain_lm: Path, tmp_path: Path) -> None:
+    base = load_base(plain_lm)
+    model = TrainableLBNL(base.model, base_vocab_size=base.base_vocab_size)
+    assert model.token_rows is not None and model.token_rows.ids.tolist() == [base.base_vocab_size,
+                                                                             base.base_vocab_size + 1]
+    perturb(model, seed=1)
+    model.round_lora(torch.bfloat16)
+    adapter = model.save_adapter(tmp_path / "adapter", base=str(plain_lm), tokenizer=base.tokenizer,
+                                 base_path=base.path, lora_dtype=torch.bfloat16)
+    meta = read_adapter_config(adapter)
+    assert meta["vocab_size"] == meta["base_vocab_size"] + 2 and meta["tokenizer"]["from_base"]
+    model.merged().save_pretrained(tmp_path / "full", base.tokenizer)
+    np.testing.assert_allclose(scores(Reranker.from_pretrained(adapter, device="cpu")),
+                               scores(Reranker.from_pretrained(tmp_path / "full", device="cpu")), atol=1e-4)
+
+
+def test_adapter_base_by_registered_name_and_wrong_base(tiny_checkpoint: Path, plain_lm: Path, tmp_path: Path) -> None:
+    base = load_base(tiny_checkpoint)
+    model = TrainableLBNL(base.model, base_vocab_size=base.base_vocab_size)
+    perturb(model)
+    register_base_resolver(lambda name: tiny_checkpoint if name == "test-tiny-base" else None)
+    adapter = model.save_adapter(tmp_path / "adapter", base="test-tiny-base", tokenizer=base.tokenizer)
+    assert (adapter / "tokenizer.json").exists()  # no base_path given: the tokenizer is stored
+    loaded, _ = load_checkpoint(adapter, device="cpu")
+    merged = model.merged()
+    for name, value in merged.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], value, atol=1e-6, rtol=0)
+    meta = read_adapter_config(adapter)
+    meta["base_model"] = "no-such-base-anywhere"
+    (adapter / ADAPTER_FILE).write_text(__import__("json").dumps(meta))
+    with pytest.raises(CheckpointError, match="no-such-base-anywhere"):
+        Reranker.from_pretrained(adapter)
+    meta["base_model"] = str(plain_lm)
+    (adapter / ADAPTER_FILE).write_text(__import__("json").dumps(meta))
+    with pytest.raises(CheckpointError, match="does not match|embedding rows|no layer"):
+        Reranker.from_pretrained(adapter)
+
+
+def test_full_finetune_mode(tiny_checkpoint: Path) -> None:
+    base = load_base(tiny_checkpoint)
+    model = TrainableLBNL(base.model, finetune="full")
+    assert all(p.requires_grad for p in model.parameters())
+    assert model.token_rows is None and model.lora_factors() == {}
+    with pytest.raises(ValueError, match="LoRA"):
+        model.save_adapter("unused", base="x", tokenizer=base.tokenizer)
