@@ -12,16 +12,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, InvalidInputError
 from .prompt import EMBED_TOKEN, RERANK_TOKEN
 
 logger = logging.getLogger(__name__)
@@ -127,6 +129,131 @@ def special_token_ids(tokenizer: Any) -> tuple[int, int]:
     return vocab[EMBED_TOKEN], vocab[RERANK_TOKEN]
 
 
+#: Backbone classes whose decoder layers :meth:`LBNLModel.encode` runs with its own loop.
+FAST_PATH_BACKBONES = frozenset({"LlamaModel", "MistralModel", "Qwen2Model", "Qwen3Model"})
+
+
+def fast_path_supported(backbone: nn.Module) -> bool:
+    """True when ``backbone`` is a plain Llama-family decoder (full causal attention, rotary positions).
+
+    Wrapped backbones (peft), sliding-window attention and unknown architectures use the ordinary
+    transformers forward instead; scores are the same either way.
+    """
+    if type(backbone).__name__ not in FAST_PATH_BACKBONES:
+        return False
+    config = backbone.config
+    if getattr(config, "sliding_window", None) is not None:
+        return False
+    if any(t != "full_attention" for t in getattr(config, "layer_types", None) or ()):
+        return False
+    needed = ("q_proj", "k_proj", "v_proj", "o_proj", "scaling", "head_dim")
+    return hasattr(backbone, "rotary_emb") and all(
+        all(hasattr(layer.self_attn, n) for n in needed) for layer in backbone.layers
+    )
+
+
+@dataclass
+class PrefixState:
+    """Keys and values, per layer, of a token prefix that several prompts share (the system prompt and
+    the request line), computed once and reused: causal attention makes them independent of what follows."""
+
+    ids: tuple[int, ...]
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding, the rotate-half form of Llama and Qwen (``x``: [batch, heads, tokens, dim])."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+def _heads(attn: nn.Module, proj: nn.Module, norm: str, x: torch.Tensor) -> torch.Tensor:
+    y = proj(x).view(*x.shape[:-1], -1, attn.head_dim)
+    if getattr(attn, norm, None) is not None:
+        y = getattr(attn, norm)(y)
+    return y.transpose(1, 2)
+
+
+def _decode(
+    backbone: nn.Module,
+    input_ids: torch.Tensor,
+    prefix: PrefixState | None = None,
+    select: torch.Tensor | None = None,
+    keep_kv: bool = False,
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """The decoder forward of a Llama-family backbone, equal to ``backbone(input_ids).last_hidden_state``.
+
+    Three savings over the generic forward, none of which changes a number beyond rounding:
+    ``prefix`` supplies the keys and values of tokens before ``input_ids`` (their positions come
+    first), so shared prompt heads are computed once; attention always runs as the causal SDPA
+    kernel (the prefix is handled by padding the queries, never by a dense mask); and with
+    ``select`` ([batch, n] positions) the last layer computes queries, MLP and final norm only at
+    those positions, returning [batch, n, hidden] instead of [batch, tokens, hidden].
+    """
+    F = torch.nn.functional
+    batch, length = input_ids.shape
+    start = len(prefix) if prefix is not None else 0
+    hidden = backbone.get_input_embeddings()(input_ids)
+    positions = torch.arange(start, start + length, device=input_ids.device).unsqueeze(0)
+    cos, sin = backbone.rotary_emb(hidden, positions)
+    keys_out: list[torch.Tensor] = []
+    values_out: list[torch.Tensor] = []
+    layers = backbone.layers
+    for i, layer in enumerate(layers):
+        attn = layer.self_attn
+        x = layer.input_layernorm(hidden)
+        k = _rotate(_heads(attn, attn.k_proj, "k_norm", x), cos, sin)
+        v = attn.v_proj(x).view(batch, length, -1, attn.head_dim).transpose(1, 2)
+        if keep_kv:
+            keys_out.append(k)
+            values_out.append(v)
+        if prefix is not None:
+            k = torch.cat([prefix.keys[i].expand(batch, -1, -1, -1), k], dim=2)
+            v = torch.cat([prefix.values[i].expand(batch, -1, -1, -1), v], dim=2)
+        if select is not None and i == len(layers) - 1:
+            gather = select.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+            hidden, x = hidden.gather(1, gather), x.gather(1, gather)
+            q = _rotate(_heads(attn, attn.q_proj, "q_norm", x), cos[0][select], sin[0][select])
+            visible = torch.arange(k.shape[2], device=k.device) <= (select + start).unsqueeze(-1)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=visible.unsqueeze(1), scale=attn.scaling,
+                                                 enable_gqa=q.shape[1] != k.shape[1])
+        else:
+            q = _rotate(_heads(attn, attn.q_proj, "q_norm", x), cos, sin)
+            if start:
+                q = torch.cat([q.new_zeros(batch, q.shape[1], start, q.shape[3]), q], dim=2)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=attn.scaling,
+                                                 enable_gqa=q.shape[1] != k.shape[1])
+            if start:
+                out = out[:, :, start:]
+        hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(*hidden.shape[:-1], -1))
+        hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+    return backbone.norm(hidden), keys_out, values_out
+
+
+def quantize_int8(model: "LBNLModel") -> "LBNLModel":
+    """Replace the decoder's linear layers by int8 dynamically quantized ones, in place (CPU, float32 only).
+
+    Weights are stored in int8 and activations quantized per call (fbgemm); the projector stays in
+    float32. Scores move by about 1e-2: measure the ranking quality before relying on it.
+    """
+    if model.device.type != "cpu" or model.dtype != torch.float32:
+        raise InvalidInputError("int8 quantization needs a float32 model on the CPU (use dtype='float32', device='cpu')")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.ao.quantization.quantize_dynamic(model.backbone, {nn.Linear}, dtype=torch.qint8, inplace=True)
+    model.quantized = "int8"
+    return model
+
+
 class LBNLModel(nn.Module):
     """Backbone plus projector; reads document embeddings at embed tokens and the query's at the rerank token."""
 
@@ -136,6 +263,7 @@ class LBNLModel(nn.Module):
         self.projector = projector
         self.embed_token_id = embed_token_id
         self.rerank_token_id = rerank_token_id
+        self.quantized: str | None = None
 
     @property
     def config(self) -> Any:
@@ -148,6 +276,11 @@ class LBNLModel(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
+
+    @property
+    def fast_path(self) -> bool:
+        """Whether :meth:`encode` runs lbnl's own decoder loop (prefix reuse, last-layer pruning)."""
+        return fast_path_supported(self.backbone)
 
     @classmethod
     def from_pretrained(
@@ -231,8 +364,70 @@ class LBNLModel(nn.Module):
         query = self.project(hidden[query_mask])
         return list(docs.split(doc_mask.sum(dim=1).tolist())), query
 
+    @torch.inference_mode()
+    def prefix_state(self, ids: Sequence[int], base: PrefixState | None = None) -> PrefixState:
+        """Keys and values of the token prefix ``ids``, extending ``base`` (a cached state for a prefix of ``ids``)."""
+        if not self.fast_path:
+            raise ValueError("prefix states need a backbone supported by the fast path")
+        ids = tuple(int(i) for i in ids)
+        start = len(base) if base is not None else 0
+        if base is not None and ids[:start] != base.ids:
+            raise ValueError("the base state is not a prefix of ids")
+        if start == len(ids) and base is not None:
+            return base
+        new = torch.tensor([ids[start:]], dtype=torch.long, device=self.device)
+        _, keys, values = _decode(self.backbone, new, prefix=base, keep_kv=True)
+        if base is not None:
+            keys = [torch.cat([a, b], dim=2) for a, b in zip(base.keys, keys)]
+            values = [torch.cat([a, b], dim=2) for a, b in zip(base.values, values)]
+        return PrefixState(ids, keys, values)
+
+    @torch.inference_mode()
+    def encode(
+        self, rows: Sequence[Sequence[int]], prefix: PrefixState | None = None, pad_token_id: int = 0
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Inference: projected document embeddings per row and the query embedding per row, like :meth:`forward`.
+
+        Args:
+            rows: token ids of each prompt, or of what follows ``prefix`` when one is given. Tokens after
+                the rerank token cannot change a score and may be left out.
+            prefix: keys and values of a token prefix shared by every row (see :meth:`prefix_state`).
+            pad_token_id: id used to right-pad the rows into one batch.
+        """
+        if prefix is not None:
+            rows = [list(prefix.ids) + list(r) for r in rows] if not self.fast_path else rows
+            prefix = prefix if self.fast_path else None
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+        for n, row in enumerate(rows):
+            ids[n, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+        ids = ids.to(self.device)
+        if not self.fast_path:
+            return self(ids)
+        doc_mask = ids == self.embed_token_id
+        query_mask = ids == self.rerank_token_id
+        for n, row in enumerate(rows):
+            doc_mask[n, len(row):] = False
+            query_mask[n, len(row):] = False
+        if not bool((query_mask.sum(dim=1) == 1).all()):
+            raise ValueError("every prompt must hold exactly one rerank token")
+        counts = doc_mask.sum(dim=1).tolist()
+        select = torch.zeros((len(rows), max(counts) + 1), dtype=torch.long, device=ids.device)
+        for n in range(len(rows)):
+            query_at = int(query_mask[n].nonzero()[0, 0])
+            docs_at = doc_mask[n].nonzero().flatten()
+            select[n, :] = query_at
+            select[n, : counts[n]] = docs_at
+        hidden, _, _ = _decode(self.backbone, ids, prefix=prefix, select=select)
+        projected = self.project(hidden)
+        docs = [projected[n, : counts[n]] for n in range(len(rows))]
+        query = projected[torch.arange(len(rows)), torch.tensor(counts)]
+        return docs, query
+
     def save_pretrained(self, path: str | os.PathLike[str], tokenizer: Any | None = None) -> None:
         """Write the official layout: config.json, model.safetensors (``model.*`` and ``projector.*``), tokenizer."""
+        if self.quantized:
+            raise CheckpointError("a quantized model cannot be saved in the official layout; save the float model")
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         config = self.backbone.config

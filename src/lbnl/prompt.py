@@ -60,20 +60,28 @@ def build_prompt(
     ``early_query_token`` adds a rerank token right after the first mention of the query; it
     exists for the dual-matching training objective and is never used at inference.
     """
-    query = sanitize(query)
+    head = prompt_head(query, len(documents), instruction, early_query_token=early_query_token)
+    passages = [
+        f'<passage id="{i}">\n{sanitize(doc)}{EMBED_TOKEN}\n</passage>' for i, doc in enumerate(documents)
+    ]
+    return "".join([head, "\n".join(passages), "\n", f"<query>\n{sanitize(query)}{RERANK_TOKEN}\n</query>", SUFFIX])
+
+
+def prompt_head(query: str, count: int, instruction: str | None = None, *, early_query_token: bool = False) -> str:
+    """The start of the prompt, before the first passage: system prompt, request line, instruction.
+
+    Every block of one query with the same number of passages starts with it, so inference can
+    compute it once and reuse it.
+    """
     request = (
-        f"I will provide you with {len(documents)} passages, each indicated by a numerical identifier. "
-        f"Rank the passages based on their relevance to query: {query}"
+        f"I will provide you with {count} passages, each indicated by a numerical identifier. "
+        f"Rank the passages based on their relevance to query: {sanitize(query)}"
     )
     if early_query_token:
         request += RERANK_TOKEN
     parts = [PREFIX, request, "\n"]
     if instruction:
         parts.append(f"<instruct>\n{sanitize(instruction)}\n</instruct>\n")
-    passages = [
-        f'<passage id="{i}">\n{sanitize(doc)}{EMBED_TOKEN}\n</passage>' for i, doc in enumerate(documents)
-    ]
-    parts += ["\n".join(passages), "\n", f"<query>\n{query}{RERANK_TOKEN}\n</query>", SUFFIX]
     return "".join(parts)
 
 

@@ -9,6 +9,8 @@ queries into right-padded batches; padding never changes a score.
 from __future__ import annotations
 
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -16,13 +18,34 @@ import numpy as np
 import torch
 
 from .errors import InvalidInputError
-from .model import LBNLModel, resolve_checkpoint
-from .prompt import DEFAULT_BLOCK_SIZE, build_prompt, plan_blocks, truncate, truncate_many
+from .model import LBNLModel, PrefixState, quantize_int8, resolve_checkpoint
+from .prompt import DEFAULT_BLOCK_SIZE, PREFIX, build_prompt, plan_blocks, prompt_head, truncate, truncate_many
 
 Document = str | Mapping[str, Any]
 
 #: Padded tokens per forward when blocks are batched; larger batches gain little on a CPU.
 DEFAULT_MAX_BATCH_TOKENS = 16384
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Named speed settings: documents per prompt and weight quantization."""
+
+    block_size: int
+    quantize: str | None = None
+    description: str = ""
+
+
+#: ``Reranker.from_pretrained(..., preset=name)``. Only ``default`` reproduces the official scores;
+#: see docs/performance.md for what the others cost in speed and ranking quality.
+PRESETS: dict[str, Preset] = {
+    "default": Preset(DEFAULT_BLOCK_SIZE, None, "the spec: up to 125 documents per prompt, exact scores"),
+    "fast": Preset(16, None, "16 documents per prompt: less attention, different scores"),
+    "fastest": Preset(16, "int8", "16 documents per prompt and int8 linear layers (CPU, float32)"),
+}
+
+#: Shared prompt heads shorter than this are not worth a separate pass.
+MIN_PREFIX_TOKENS = 16
 
 
 @dataclass
@@ -39,6 +62,57 @@ class RerankResult:
 class _Block:
     doc_indices: list[int]
     input_ids: list[int]
+    end: int = 0
+    head: int = 0
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+class _PrefixCache:
+    """A small LRU of prompt-head key/value states, dropped whenever the model's weights change."""
+
+    def __init__(self, size: int = 8):
+        self.size = size
+        self.states: OrderedDict[tuple[int, ...], PrefixState] = OrderedDict()
+        self.stamp: tuple[int, ...] | None = None
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def _stamp(model: LBNLModel) -> tuple[int, ...]:
+        params = list(model.parameters())
+        return (id(model.backbone), params[0].data_ptr(), sum(p._version for p in params))
+
+    def get(self, model: LBNLModel, ids: Sequence[int], anchor: int) -> PrefixState:
+        """The state of ``ids``, always computed as its first ``anchor`` tokens (the system prompt, shared by
+        every query) and then the rest, so a score never depends on what happened to be cached."""
+        key = tuple(ids)
+        with self.lock:
+            stamp = self._stamp(model)
+            if stamp != self.stamp:
+                self.states.clear()
+                self.stamp = stamp
+            if key in self.states:
+                self.states.move_to_end(key)
+                return self.states[key]
+            base = None
+            if 0 < anchor < len(key):
+                base = self.states.get(key[:anchor]) or model.prefix_state(key[:anchor])
+                self._put(base)
+            state = model.prefix_state(key, base)
+            self._put(state)
+            return state
+
+    def _put(self, state: PrefixState) -> None:
+        self.states[state.ids] = state
+        self.states.move_to_end(state.ids)
+        while len(self.states) > self.size:
+            self.states.popitem(last=False)
 
 
 @dataclass
@@ -93,6 +167,10 @@ class Reranker:
         block_size: documents per prompt; the spec's 125 by default. Smaller blocks run faster on
             a CPU (attention grows with the square of the prompt) but change the scores.
         max_batch_tokens: padded tokens per forward when several blocks are batched.
+        fast_forward: run lbnl's own decoder loop where the backbone allows it (Llama, Qwen2, Qwen3):
+            the shared prompt head is computed once and reused, the last layer runs only at the
+            embedding positions, tokens after the rerank token are skipped. Same scores (to rounding)
+            as ``False``, the plain transformers forward.
     """
 
     def __init__(
@@ -103,11 +181,15 @@ class Reranker:
         block_size: int = DEFAULT_BLOCK_SIZE,
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         name: str | None = None,
+        fast_forward: bool = True,
     ):
         self.model = model
         self.tokenizer = tokenizer
         self.block_size = block_size
         self.max_batch_tokens = max_batch_tokens
+        self.fast_forward = fast_forward
+        self._prefixes = _PrefixCache()
+        self._anchor: list[int] | None = None
         self.name = name or getattr(model.config, "_name_or_path", None) or "lbnl"
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_token_id = int(pad) if pad is not None else 0
@@ -119,6 +201,8 @@ class Reranker:
         *,
         dtype: str | torch.dtype | None = None,
         device: str | torch.device | None = None,
+        preset: str | None = None,
+        quantize: str | None = None,
         **kwargs: Any,
     ) -> "Reranker":
         """Load a local checkpoint directory or a hub id; ``None`` loads lbnl's built-in default model.
@@ -129,16 +213,29 @@ class Reranker:
             dtype: a torch dtype or its name; default: the checkpoint's, float32 on a CPU without
                 fast bf16.
             device: ``"cpu"``, ``"cuda"``...; default: CUDA when available.
-            **kwargs: passed to the constructor (``block_size``, ``max_batch_tokens``).
+            preset: ``"default"`` (the spec), ``"fast"`` or ``"fastest"`` (see :data:`PRESETS`); an
+                explicit ``block_size`` or ``quantize`` overrides the preset's.
+            quantize: ``"int8"`` to quantize the decoder's linear layers (CPU, float32); scores change.
+            **kwargs: passed to the constructor (``block_size``, ``max_batch_tokens``, ``fast_forward``).
         """
         from .models import load_checkpoint
 
+        if preset is not None and preset not in PRESETS:
+            raise InvalidInputError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
+        settings = PRESETS[preset or "default"]
+        quantize = quantize if quantize is not None else settings.quantize
+        if quantize not in (None, "none", "int8"):
+            raise InvalidInputError(f"unknown quantization {quantize!r}; use int8 or none")
+        kwargs.setdefault("block_size", settings.block_size)
         if model_name_or_path is None:
             from .models.default import default_model_path
 
             model_name_or_path = default_model_path()
         path = resolve_checkpoint(model_name_or_path)
-        model, tokenizer = load_checkpoint(path, dtype=dtype, device=device)
+        model, tokenizer = load_checkpoint(path, dtype="float32" if quantize == "int8" and dtype is None else dtype,
+                                           device=device)
+        if quantize == "int8":
+            quantize_int8(model)
         kwargs.setdefault("name", str(model_name_or_path))
         return cls(model, tokenizer, **kwargs)
 
@@ -225,11 +322,23 @@ class Reranker:
         blocks: list[_Block] = []
         if build and texts:
             groups = plan_blocks(doc_tokens, query_tokens, self.model_max_length, max_doc_length, self.block_size)
-            for group in groups:
-                prompt = build_prompt(query_text, [doc_texts[i] for i in group], instruction)
-                ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
-                blocks.append(_Block(group, ids))
+            prompts = [build_prompt(query_text, [doc_texts[i] for i in group], instruction) for group in groups]
+            sizes = sorted({len(g) for g in groups})
+            heads = [prompt_head(query_text, k, instruction) for k in sizes]
+            encoded = self.tokenizer(prompts + heads, add_special_tokens=True)["input_ids"]
+            head_ids = dict(zip(sizes, encoded[len(prompts):]))
+            rerank_id = self.model.rerank_token_id
+            for group, ids in zip(groups, encoded[: len(prompts)]):
+                end = len(ids) - ids[::-1].index(rerank_id) if rerank_id in ids else len(ids)
+                head = min(_common_prefix(ids, head_ids[len(group)]), end - 1)
+                blocks.append(_Block(group, ids, end, head))
         return _QueryPlan(docs, texts, query_tokens, doc_tokens, blocks)
+
+    def _anchor_length(self, ids: Sequence[int]) -> int:
+        """Tokens of the system prompt at the start of ``ids`` (the part every prompt shares)."""
+        if self._anchor is None:
+            self._anchor = list(self.tokenizer(PREFIX, add_special_tokens=True)["input_ids"])
+        return _common_prefix(ids, self._anchor)
 
     def _batches(self, blocks: list[_Block]) -> list[list[_Block]]:
         ordered = sorted(blocks, key=lambda b: len(b.input_ids), reverse=True)
@@ -248,17 +357,31 @@ class Reranker:
         outputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         batches = self._batches(blocks)
         device = self.model.device
+        fast = self.fast_forward and self.model.fast_path
         for batch in tqdm(batches, desc="rerank", unit="batch", disable=not progress or len(batches) < 2):
-            width = len(batch[0].input_ids)
-            ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
-            for row, block in enumerate(batch):
-                ids[row, : len(block.input_ids)] = torch.tensor(block.input_ids)
-            docs, query = self.model(ids.to(device))
+            if fast:
+                docs, query = self._encode_fast(batch)
+            else:
+                width = len(batch[0].input_ids)
+                ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
+                for row, block in enumerate(batch):
+                    ids[row, : len(block.input_ids)] = torch.tensor(block.input_ids)
+                docs, query = self.model(ids.to(device))
             for row, block in enumerate(batch):
                 if docs[row].shape[0] != len(block.doc_indices):
                     raise RuntimeError("embed token count does not match the documents of a block")
                 outputs[id(block)] = (docs[row], query[row])
         return outputs
+
+    def _encode_fast(self, batch: list[_Block]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        rows = [b.input_ids[: b.end] for b in batch]
+        shared = min(b.head for b in batch)
+        for row in rows[1:]:
+            shared = min(shared, _common_prefix(rows[0], row))
+        if shared < MIN_PREFIX_TOKENS:
+            return self.model.encode(rows, pad_token_id=self.pad_token_id)
+        prefix = self._prefixes.get(self.model, rows[0][:shared], self._anchor_length(rows[0]))
+        return self.model.encode([r[shared:] for r in rows], prefix=prefix, pad_token_id=self.pad_token_id)
 
     @staticmethod
     def _merge(plan: _QueryPlan, blocks: list[tuple[_Block, tuple[torch.Tensor, torch.Tensor]]],

@@ -1,0 +1,142 @@
+"""lbnl's own decoder loop (prefix reuse, last-layer pruning, suffix cut) against the plain forward and the
+official-style reference, plus presets and int8 quantization. Correctness only; nothing here is timed."""
+
+from __future__ import annotations
+
+import copy
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lbnl import CheckpointError, InvalidInputError, Reranker
+from lbnl.model import fast_path_supported, quantize_int8
+from lbnl.models import load_checkpoint
+from lbnl.models.random_init import build_random_checkpoint
+from lbnl.prompt import build_prompt
+from reference import OfficialStyleReranker
+
+WORDS = ("tea green catechin heart brain coffee price sport basket metabolism cell study risk weight "
+         "antioxidant supply chain market league score").split()
+SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=4096)
+
+
+def make_docs(n: int, seed: int = 0, lo: int = 3, hi: int = 30) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi))) for _ in range(n)]
+
+
+def in_input_order(results) -> list[float]:
+    out = [0.0] * len(results)
+    for r in results:
+        out[r.index] = r.relevance_score
+    return out
+
+
+@pytest.fixture(scope="module", params=["qwen3", "llama", "qwen2"])
+def family_checkpoint(request, tmp_path_factory: pytest.TempPathFactory, qwen3_tokenizer_dir: Path) -> Path:
+    extra = {} if request.param == "qwen3" else SMALL
+    return build_random_checkpoint(tmp_path_factory.mktemp(request.param) / "ckpt", tokenizer_dir=qwen3_tokenizer_dir,
+                                   model_type=request.param, **extra)
+
+
+def test_encode_equals_plain_forward(family_checkpoint: Path) -> None:
+    model, tok = load_checkpoint(family_checkpoint, device="cpu")
+    assert model.fast_path
+    prompts = [build_prompt("green tea", make_docs(3, seed=1)), build_prompt("coffee", make_docs(2, seed=2, hi=60))]
+    rows = [tok(p)["input_ids"] for p in prompts]
+    ids = torch.zeros((2, max(map(len, rows))), dtype=torch.long)
+    for n, r in enumerate(rows):
+        ids[n, : len(r)] = torch.tensor(r)
+    with torch.inference_mode():
+        docs, query = model(ids)
+        cut = [r[: r.index(model.rerank_token_id) + 1] for r in rows]
+        for got_docs, got_query in (model.encode(rows), model.encode(cut)):
+            for a, b in zip(docs, got_docs):
+                np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
+            np.testing.assert_allclose(query.numpy(), got_query.numpy(), atol=1e-5)
+        shared = 30
+        first = model.prefix_state(rows[0][:12])
+        state = model.prefix_state(rows[0][:shared], first)
+        assert len(state) == shared and state.keys[0].shape[2] == shared
+        got_docs, got_query = model.encode([cut[0][shared:]], prefix=state)
+    np.testing.assert_allclose(docs[0].numpy(), got_docs[0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(query[0].numpy(), got_query[0].numpy(), atol=1e-5)
+
+
+def test_default_scores_match_the_official_style_reference(family_checkpoint: Path) -> None:
+    """Several blocks, several queries in one batch, shared prompt heads: still the official scores."""
+    reranker = Reranker.from_pretrained(family_checkpoint, device="cpu", block_size=4)
+    plain = Reranker.from_pretrained(family_checkpoint, device="cpu", block_size=4, fast_forward=False)
+    reference = OfficialStyleReranker(family_checkpoint)
+    queries = ["green tea benefits", "coffee market price"]
+    docs = [make_docs(9, seed=3), make_docs(6, seed=4)]
+    ours = [in_input_order(r) for r in reranker.rerank_many(queries, docs)]
+    hf = [in_input_order(r) for r in plain.rerank_many(queries, docs)]
+    for mine, theirs in zip(ours, hf):
+        np.testing.assert_allclose(mine, theirs, atol=1e-5)
+    alone = in_input_order(Reranker.from_pretrained(family_checkpoint, device="cpu").rerank(queries[0], docs[0]))
+    np.testing.assert_allclose(alone, reference.rerank(queries[0], docs[0]), atol=1e-4)
+    assert len(reranker._prefixes.states) >= 2
+
+
+def test_more_than_125_documents_with_prefix_reuse(tiny_reranker: Reranker, tiny_checkpoint: Path) -> None:
+    docs = make_docs(130, seed=5, lo=2, hi=6)
+    ours = in_input_order(tiny_reranker.rerank("tea", docs))
+    np.testing.assert_allclose(ours, OfficialStyleReranker(tiny_checkpoint).rerank("tea", docs), atol=1e-4)
+
+
+def test_cached_prefixes_never_change_a_score(tiny_checkpoint: Path) -> None:
+    """A warm cache gives bit-identical scores to a cold one, and a weight change empties it."""
+    docs = make_docs(7, seed=6)
+    warm = Reranker.from_pretrained(tiny_checkpoint, device="cpu", block_size=3)
+    for q in ("tea", "tea and coffee", "green"):
+        warm.rerank(q, docs)
+    cold = Reranker.from_pretrained(tiny_checkpoint, device="cpu", block_size=3)
+    assert in_input_order(warm.rerank("tea and coffee", docs)) == in_input_order(cold.rerank("tea and coffee", docs))
+    before = in_input_order(warm.rerank("green", docs))
+    with torch.no_grad():
+        for p in warm.model.backbone.layers[0].parameters():
+            p.mul_(1.5)
+    changed = in_input_order(warm.rerank("green", docs))
+    fresh = Reranker(copy.deepcopy(warm.model), warm.tokenizer, block_size=3, fast_forward=False)
+    np.testing.assert_allclose(changed, in_input_order(fresh.rerank("green", docs)), atol=1e-5)
+    assert not np.allclose(before, changed, atol=1e-5)
+
+
+def test_unsupported_backbones_fall_back_to_the_plain_forward(tmp_path: Path, qwen3_tokenizer_dir: Path) -> None:
+    path = build_random_checkpoint(tmp_path / "mistral", tokenizer_dir=qwen3_tokenizer_dir, model_type="mistral",
+                                   sliding_window=4096, **SMALL)
+    reranker = Reranker.from_pretrained(path, device="cpu")
+    assert not fast_path_supported(reranker.model.backbone) and not reranker.model.fast_path
+    docs = make_docs(5, seed=8)
+    np.testing.assert_allclose(in_input_order(reranker.rerank("tea", docs)),
+                               OfficialStyleReranker(path).rerank("tea", docs), atol=1e-4)
+
+
+def test_presets_and_int8(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from lbnl.reranker import PRESETS
+
+    fast = Reranker.from_pretrained(tiny_checkpoint, device="cpu", preset="fast")
+    assert fast.block_size == PRESETS["fast"].block_size and fast.model.quantized is None
+    assert Reranker.from_pretrained(tiny_checkpoint, device="cpu", preset="fast", block_size=5).block_size == 5
+    fastest = Reranker.from_pretrained(tiny_checkpoint, device="cpu", preset="fastest")
+    assert fastest.model.quantized == "int8"
+    assert type(fastest.model.backbone.layers[0].mlp.up_proj).__module__.startswith("torch.ao.nn.quantized")
+    docs = make_docs(20, seed=9)
+    exact = in_input_order(fast.rerank("green tea", docs))
+    int8 = in_input_order(fastest.rerank("green tea", docs))
+    assert np.isfinite(int8).all() and int8 != exact
+    assert np.corrcoef(exact, int8)[0, 1] > 0.9
+    with pytest.raises(CheckpointError, match="quantized"):
+        fastest.save_pretrained(tmp_path / "q")
+    with pytest.raises(InvalidInputError, match="preset"):
+        Reranker.from_pretrained(tiny_checkpoint, device="cpu", preset="turbo")
+    with pytest.raises(InvalidInputError, match="quantization"):
+        Reranker.from_pretrained(tiny_checkpoint, device="cpu", quantize="int4")
+    model, _ = load_checkpoint(tiny_checkpoint, dtype="bfloat16", device="cpu")
+    with pytest.raises(InvalidInputError, match="float32"):
+        quantize_int8(model)
