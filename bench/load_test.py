@@ -6,7 +6,7 @@ concurrent clients (stopping early after ``--max-seconds``), and records p50/p99
 requests/s and documents/s. Queries and documents are SciFact's (read in place from
 ``shared/data/scifact``), so requests have realistic lengths.
 
-    python bench/load_test.py                       # tiny random model, writes docs/results/serve.md
+    python bench/load_test.py                       # tiny random model, writes runs/load_test.md (copy the table into docs/results.md)
     python bench/load_test.py --model path/to/ckpt --requests 32 --compare-unbatched
 """
 
@@ -169,7 +169,7 @@ def main() -> int:
     p.add_argument("--max-seconds", type=float, default=120.0, help="stop a level after this long (default 120)")
     p.add_argument("--compare-unbatched", action="store_true", help="also measure with batching off")
     p.add_argument("--data", type=Path, default=SCIFACT, help="BEIR-layout SciFact directory")
-    p.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "serve.md")
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "load_test.md")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
 

@@ -1,7 +1,7 @@
 """SciFact nDCG@10 of one checkpoint at several block sizes and with int8 weights: what the fast presets cost.
 
     python bench/quality.py --model PATH [--block-sizes 125,32,16,8] [--quantize none,int8]
-                            [--max-queries N] [--output docs/results/perf_quality.json]
+                            [--max-queries N] [--output runs/perf_quality.json]
 
 Each setting reranks the same BM25 top-100 of the SciFact test queries through the evaluation
 harness (``lbnl.eval``), so the numbers are those ``lbnl eval --model PATH --block-size N`` prints;
