@@ -439,6 +439,20 @@ class LbnlScorer:
         return aligned
 
 
+def materialize(module: Any) -> None:
+    """Copy every weight into the process's own memory.
+
+    transformers maps float32 safetensors files into memory instead of copying them, so the
+    weights live in the page cache; when other processes need memory the kernel drops those pages
+    and every forward reads the weights from disk again. Timing needs weights that stay put.
+    """
+    import torch
+
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            tensor.data = tensor.data.clone()
+
+
 def _compile_layers(backbone: Any) -> None:
     for layer in backbone.layers:
         for name in ("mlp", "input_layernorm", "post_attention_layernorm"):
@@ -475,13 +489,19 @@ class Loader:
 
         dtype = torch.float32 if spec.dtype == "float32" else torch.bfloat16
         if spec.kind == "reference":
-            return self._load(self.key(spec), lambda: ReferenceScorer(self.path, dtype))
+            def build_reference() -> ReferenceScorer:
+                scorer = ReferenceScorer(self.path, dtype)
+                materialize(scorer.model)
+                return scorer
+
+            return self._load(self.key(spec), build_reference)
         from .model import quantize_int8
         from .models import load_checkpoint
         from .reranker import Reranker
 
         def build() -> Any:
             model, tokenizer = load_checkpoint(self.path, dtype=dtype, device="cpu")
+            materialize(model)
             if spec.quantize == "int8":
                 quantize_int8(model)
             if spec.compile:
