@@ -134,6 +134,36 @@ def test_lora_trains_only_lora_projector_and_special_rows(tiny_checkpoint: Path)
     assert not any(p.requires_grad for p in merged.parameters())
 
 
+def test_lora_on_the_top_layers_with_frozen_tokens_stops_the_backward_pass(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    base = load_base(tiny_checkpoint)
+    layers = base.model.config.num_hidden_layers
+    before = {k: v.clone() for k, v in base.model.backbone.state_dict().items()}
+    model = TrainableLBNL(base.model, base_vocab_size=base.base_vocab_size, lora_layers=1, train_tokens=False)
+    assert {name.split(".")[1] for name in model.lora_factors()} == {str(layers - 1)}
+    assert {name.rsplit(".", 1)[-1] for name in model.lora_factors()} == PROJECTIONS
+    groups = model.parameter_groups()
+    assert groups["tokens"] == [] and len(groups["projector"]) == 2
+    reached: list[bool] = []
+    hook = model.lbnl.backbone.base_model.model.layers[layers - 2].register_forward_hook(
+        lambda module, args, out: reached.append((out[0] if isinstance(out, tuple) else out).requires_grad))
+    ids = torch.tensor([base.tokenizer(f"a b{EMBED_TOKEN} q{RERANK_TOKEN}")["input_ids"]])
+    hidden = model.hidden_states(ids)
+    loss = -model.project(hidden[ids == model.embed_token_id]).sum()
+    loss.backward()
+    hook.remove()
+    assert reached == [False]  # no autograd graph below the adapted layer
+    perturb(model)
+    adapter = model.save_adapter(tmp_path / "adapter", base=str(tiny_checkpoint), tokenizer=base.tokenizer,
+                                 base_path=base.path)
+    merged = model.merged().backbone.state_dict()
+    changed = {k for k in merged if not torch.equal(merged[k], before[k])}
+    assert changed and all(k.startswith(f"layers.{layers - 1}.") for k in changed)
+    np.testing.assert_allclose(scores(Reranker.from_pretrained(adapter, device="cpu")),
+                               scores(Reranker(model.lbnl, base.tokenizer)), atol=1e-4)
+    with pytest.raises(ValueError, match="lora_layers must be between 1 and"):
+        TrainableLBNL(load_base(tiny_checkpoint).model, lora_layers=layers + 1)
+
+
 def test_adapter_scores_equal_the_merged_model(tiny_checkpoint: Path, tmp_path: Path) -> None:
     base = load_base(tiny_checkpoint)
     model = TrainableLBNL(base.model, base_vocab_size=base.base_vocab_size)

@@ -17,7 +17,7 @@ def main() -> int:
 
     try:
         reranker = Reranker.from_pretrained()
-        note = "the built-in default model"
+        note = "the built-in default model, lbnl-small"
     except CheckpointError as exc:
         from .models.random_init import build_random_checkpoint
 

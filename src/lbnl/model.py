@@ -185,26 +185,37 @@ def _heads(attn: nn.Module, proj: nn.Module, norm: str, x: torch.Tensor) -> torc
 
 def _decode(
     backbone: nn.Module,
-    input_ids: torch.Tensor,
+    rows: Sequence[Sequence[int]],
     prefix: PrefixState | None = None,
-    select: torch.Tensor | None = None,
+    select: Sequence[Sequence[int]] | None = None,
     keep_kv: bool = False,
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-    """The decoder forward of a Llama-family backbone, equal to ``backbone(input_ids).last_hidden_state``.
+    """The decoder forward of a Llama-family backbone over prompts packed end to end, without padding.
 
-    Three savings over the generic forward, none of which changes a number beyond rounding:
-    ``prefix`` supplies the keys and values of tokens before ``input_ids`` (their positions come
-    first), so shared prompt heads are computed once; attention always runs as the causal SDPA
-    kernel (the prefix is handled by padding the queries, never by a dense mask); and with
-    ``select`` ([batch, n] positions) the last layer computes queries, MLP and final norm only at
-    those positions, returning [batch, n, hidden] instead of [batch, tokens, hidden].
+    Equal to ``backbone(row).last_hidden_state`` for each row, with these savings: the rows are
+    concatenated so the linear layers never compute padding, and attention runs per row as the
+    causal SDPA kernel; ``prefix`` supplies the keys and values of tokens that precede every row
+    (shared prompt heads are computed once; handled by padding the queries, never by a dense
+    mask); with ``select`` (positions per row) the last layer computes queries, MLP and final
+    norm only at those positions. Returns [tokens, hidden] (the selected tokens, row by row, when
+    ``select`` is given) and, with ``keep_kv``, every layer's keys and values of the new tokens.
     """
     F = torch.nn.functional
-    batch, length = input_ids.shape
+    device = backbone.get_input_embeddings().weight.device
     start = len(prefix) if prefix is not None else 0
-    hidden = backbone.get_input_embeddings()(input_ids)
-    positions = torch.arange(start, start + length, device=input_ids.device).unsqueeze(0)
+    lengths = [len(r) for r in rows]
+    bounds = [0]
+    for n in lengths:
+        bounds.append(bounds[-1] + n)
+    ids = torch.tensor([t for r in rows for t in r], dtype=torch.long, device=device).unsqueeze(0)
+    positions = torch.cat([torch.arange(start, start + n, device=device) for n in lengths]).unsqueeze(0)
+    hidden = backbone.get_input_embeddings()(ids)
     cos, sin = backbone.rotary_emb(hidden, positions)
+    if select is not None:
+        picked = torch.tensor([bounds[i] + p for i, row in enumerate(select) for p in row], device=device)
+        picked_bounds = [0]
+        for row in select:
+            picked_bounds.append(picked_bounds[-1] + len(row))
     keys_out: list[torch.Tensor] = []
     values_out: list[torch.Tensor] = []
     layers = backbone.layers
@@ -212,31 +223,38 @@ def _decode(
         attn = layer.self_attn
         x = layer.input_layernorm(hidden)
         k = _rotate(_heads(attn, attn.k_proj, "k_norm", x), cos, sin)
-        v = attn.v_proj(x).view(batch, length, -1, attn.head_dim).transpose(1, 2)
+        v = attn.v_proj(x).view(1, x.shape[1], -1, attn.head_dim).transpose(1, 2)
         if keep_kv:
             keys_out.append(k)
             values_out.append(v)
-        if prefix is not None:
-            k = torch.cat([prefix.keys[i].expand(batch, -1, -1, -1), k], dim=2)
-            v = torch.cat([prefix.values[i].expand(batch, -1, -1, -1), v], dim=2)
-        if select is not None and i == len(layers) - 1:
-            gather = select.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
-            hidden, x = hidden.gather(1, gather), x.gather(1, gather)
-            q = _rotate(_heads(attn, attn.q_proj, "q_norm", x), cos[0][select], sin[0][select])
-            visible = torch.arange(k.shape[2], device=k.device) <= (select + start).unsqueeze(-1)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=visible.unsqueeze(1), scale=attn.scaling,
-                                                 enable_gqa=q.shape[1] != k.shape[1])
+        last = select is not None and i == len(layers) - 1
+        if last:
+            hidden, x = hidden[:, picked], x[:, picked]
+            q = _rotate(_heads(attn, attn.q_proj, "q_norm", x), cos[:, picked], sin[:, picked])
         else:
             q = _rotate(_heads(attn, attn.q_proj, "q_norm", x), cos, sin)
+        gqa = q.shape[1] != k.shape[1]
+        outs = []
+        for r in range(len(rows)):
+            ks, vs = k[:, :, bounds[r]:bounds[r + 1]], v[:, :, bounds[r]:bounds[r + 1]]
+            if prefix is not None:
+                ks, vs = torch.cat([prefix.keys[i], ks], dim=2), torch.cat([prefix.values[i], vs], dim=2)
+            if last:
+                qs = q[:, :, picked_bounds[r]:picked_bounds[r + 1]]
+                at = torch.tensor(select[r], device=device).unsqueeze(-1) + start
+                visible = torch.arange(ks.shape[2], device=device) <= at
+                outs.append(F.scaled_dot_product_attention(qs, ks, vs, attn_mask=visible, scale=attn.scaling,
+                                                           enable_gqa=gqa))
+                continue
+            qs = q[:, :, bounds[r]:bounds[r + 1]]
             if start:
-                q = torch.cat([q.new_zeros(batch, q.shape[1], start, q.shape[3]), q], dim=2)
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=attn.scaling,
-                                                 enable_gqa=q.shape[1] != k.shape[1])
-            if start:
-                out = out[:, :, start:]
+                qs = torch.cat([qs.new_zeros(1, qs.shape[1], start, qs.shape[3]), qs], dim=2)
+            out = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=attn.scaling, enable_gqa=gqa)
+            outs.append(out[:, :, start:] if start else out)
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
         hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(*hidden.shape[:-1], -1))
         hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-    return backbone.norm(hidden), keys_out, values_out
+    return backbone.norm(hidden)[0], keys_out, values_out
 
 
 def quantize_int8(model: "LBNLModel") -> "LBNLModel":
@@ -375,8 +393,7 @@ class LBNLModel(nn.Module):
             raise ValueError("the base state is not a prefix of ids")
         if start == len(ids) and base is not None:
             return base
-        new = torch.tensor([ids[start:]], dtype=torch.long, device=self.device)
-        _, keys, values = _decode(self.backbone, new, prefix=base, keep_kv=True)
+        _, keys, values = _decode(self.backbone, [ids[start:]], prefix=base, keep_kv=True)
         if base is not None:
             keys = [torch.cat([a, b], dim=2) for a, b in zip(base.keys, keys)]
             values = [torch.cat([a, b], dim=2) for a, b in zip(base.values, values)]
@@ -392,37 +409,33 @@ class LBNLModel(nn.Module):
             rows: token ids of each prompt, or of what follows ``prefix`` when one is given. Tokens after
                 the rerank token cannot change a score and may be left out.
             prefix: keys and values of a token prefix shared by every row (see :meth:`prefix_state`).
-            pad_token_id: id used to right-pad the rows into one batch.
+            pad_token_id: id used to right-pad the rows when the plain forward runs (the fast path packs
+                the rows end to end and computes no padding).
         """
-        if prefix is not None:
-            rows = [list(prefix.ids) + list(r) for r in rows] if not self.fast_path else rows
-            prefix = prefix if self.fast_path else None
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-        for n, row in enumerate(rows):
-            ids[n, : len(row)] = torch.as_tensor(row, dtype=torch.long)
-        ids = ids.to(self.device)
         if not self.fast_path:
-            return self(ids)
-        doc_mask = ids == self.embed_token_id
-        query_mask = ids == self.rerank_token_id
-        for n, row in enumerate(rows):
-            doc_mask[n, len(row):] = False
-            query_mask[n, len(row):] = False
-        if not bool((query_mask.sum(dim=1) == 1).all()):
-            raise ValueError("every prompt must hold exactly one rerank token")
-        counts = doc_mask.sum(dim=1).tolist()
-        select = torch.zeros((len(rows), max(counts) + 1), dtype=torch.long, device=ids.device)
-        for n in range(len(rows)):
-            query_at = int(query_mask[n].nonzero()[0, 0])
-            docs_at = doc_mask[n].nonzero().flatten()
-            select[n, :] = query_at
-            select[n, : counts[n]] = docs_at
-        hidden, _, _ = _decode(self.backbone, ids, prefix=prefix, select=select)
+            if prefix is not None:
+                rows = [list(prefix.ids) + list(r) for r in rows]
+            width = max(len(r) for r in rows)
+            ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+            for n, row in enumerate(rows):
+                ids[n, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+            return self(ids.to(self.device))
+        select, counts = [], []
+        for row in rows:
+            docs_at = [i for i, t in enumerate(row) if t == self.embed_token_id]
+            query_at = [i for i, t in enumerate(row) if t == self.rerank_token_id]
+            if len(query_at) != 1:
+                raise ValueError("every prompt must hold exactly one rerank token")
+            select.append(docs_at + query_at)
+            counts.append(len(docs_at))
+        hidden, _, _ = _decode(self.backbone, rows, prefix=prefix, select=select)
         projected = self.project(hidden)
-        docs = [projected[n, : counts[n]] for n in range(len(rows))]
-        query = projected[torch.arange(len(rows)), torch.tensor(counts)]
-        return docs, query
+        docs, queries, at = [], [], 0
+        for n in counts:
+            docs.append(projected[at:at + n])
+            queries.append(projected[at + n])
+            at += n + 1
+        return docs, torch.stack(queries)
 
     def save_pretrained(self, path: str | os.PathLike[str], tokenizer: Any | None = None) -> None:
         """Write the official layout: config.json, model.safetensors (``model.*`` and ``projector.*``), tokenizer."""

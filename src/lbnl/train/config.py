@@ -48,6 +48,11 @@ class ModelConfig:
     lora_target_modules: Union[str, list[str]] = _f(
         "all-linear", "Modules that get LoRA: 'all-linear' (every attention and MLP projection of the decoder) "
                       "or a list of module names such as [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj].")
+    lora_layers: int | None = _f(None, "Adapt only the last N decoder layers (null: all). With train_tokens false "
+                                       "the layers below get no gradient and the backward pass stops at the lowest "
+                                       "adapted layer: much cheaper steps on a CPU.")
+    train_tokens: bool = _f(True, "Train the special-token embedding rows (false: they keep their initial value, "
+                                  "and no gradient has to reach the embeddings).")
     token_init: str = _f("mean", "Initial embedding of special tokens the base lacks: mean (mean of all token "
                                  "embeddings) or related (mean of the embeddings of the words 'passage' and "
                                  "'query' respectively).", TOKEN_INITS)

@@ -121,7 +121,8 @@ class Trainer:
         self.model = TrainableLBNL(
             base.model, base_vocab_size=base.base_vocab_size, finetune=config.model.finetune,
             lora_r=config.model.lora_r, lora_alpha=config.model.lora_alpha, lora_dropout=config.model.lora_dropout,
-            lora_target_modules=config.model.lora_target_modules,
+            lora_target_modules=config.model.lora_target_modules, lora_layers=config.model.lora_layers,
+            train_tokens=config.model.train_tokens,
             gradient_checkpointing=config.model.gradient_checkpointing,
         ).to(self.device)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id

@@ -155,6 +155,19 @@ class TokenRows(nn.Module):
         self._handle.remove()
 
 
+def _layer_targets(backbone: nn.Module, targets: str | list[str], layers: range) -> list[str]:
+    """Full names of the modules LoRA adapts in the given decoder layers (``targets``: names or 'all-linear')."""
+    chosen = []
+    for index in layers:
+        for name, module in backbone.layers[index].named_modules():
+            short = name.rsplit(".", 1)[-1]
+            if isinstance(module, nn.Linear) and (targets == "all-linear" or short in targets):
+                chosen.append(f"layers.{index}.{name}")
+    if not chosen:
+        raise ValueError(f"no module of {targets!r} in the chosen layers")
+    return chosen
+
+
 class TrainableLBNL(nn.Module):
     """An :class:`LBNLModel` prepared for training (LoRA or full), with export to both output forms.
 
@@ -164,6 +177,9 @@ class TrainableLBNL(nn.Module):
             are trained like the special tokens' rows.
         finetune: ``lora`` or ``full``.
         lora_r, lora_alpha, lora_dropout, lora_target_modules: the LoRA configuration (peft).
+        lora_layers: adapt only the last this many decoder layers (None: all).
+        train_tokens: train the special-token rows; when false, and with ``lora_layers``, no gradient
+            flows below the lowest adapted layer.
         gradient_checkpointing: recompute decoder activations in the backward pass.
     """
 
@@ -177,6 +193,8 @@ class TrainableLBNL(nn.Module):
         lora_alpha: float = 32,
         lora_dropout: float = 0.0,
         lora_target_modules: str | list[str] = "all-linear",
+        lora_layers: int | None = None,
+        train_tokens: bool = True,
         gradient_checkpointing: bool = False,
     ):
         super().__init__()
@@ -195,11 +213,17 @@ class TrainableLBNL(nn.Module):
 
             for p in backbone.parameters():
                 p.requires_grad_(False)
+            layers = backbone.config.num_hidden_layers
+            if lora_layers is not None and not 0 < lora_layers <= layers:
+                raise ValueError(f"lora_layers must be between 1 and {layers}, got {lora_layers}")
+            if lora_layers is not None:
+                lora_target_modules = _layer_targets(backbone, lora_target_modules, range(layers - lora_layers, layers))
             config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                                 target_modules=lora_target_modules, bias="none")
             model.backbone = get_peft_model(backbone, config)
             ids = sorted({model.embed_token_id, model.rerank_token_id, *range(self.base_vocab_size, rows)})
             self.token_rows = TokenRows(backbone.get_input_embeddings(), ids)
+            self.token_rows.rows.requires_grad_(train_tokens)
         elif finetune != "full":
             raise ValueError(f"finetune must be lora or full, got {finetune!r}")
         for p in model.projector.parameters():
