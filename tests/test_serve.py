@@ -344,7 +344,7 @@ def test_sigterm_finishes_in_flight_requests_and_refuses_new_ones(slow_server: S
 def test_cli_errors_are_messages() -> None:
     runs = [subprocess.Popen([sys.executable, "-m", "lbnl.cli", "serve", *args], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
-            for args in (["--max-queue", "0"], ["--port", "0"])]
-    (_, bad), (_, no_default) = (p.communicate(timeout=120) for p in runs)
+            for args in (["--max-queue", "0"], ["--port", "0", "--model", "no/such-checkpoint-dir"])]
+    (_, bad), (_, missing) = (p.communicate(timeout=120) for p in runs)
     assert runs[0].returncode == 2 and "max-queue must be a positive integer" in bad
-    assert runs[1].returncode == 2 and "default model" in no_default and "Traceback" not in no_default
+    assert runs[1].returncode == 2 and "no/such-checkpoint-dir" in missing and "Traceback" not in missing
