@@ -182,6 +182,23 @@ def test_adapter_scores_equal_the_merged_model(tiny_checkpoint: Path, tmp_path: 
     assert np.abs(np.array(scores(plain)) - np.array(scores(full))).max() > 1e-3  # the adapter does something
 
 
+def test_a_pointwise_adapter_is_read_pointwise(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    base = load_base(tiny_checkpoint)
+    model = TrainableLBNL(base.model, base_vocab_size=base.base_vocab_size)
+    perturb(model)
+    kw = dict(base=str(tiny_checkpoint), tokenizer=base.tokenizer, base_path=base.path)
+    pointwise = Reranker.from_pretrained(model.save_adapter(tmp_path / "pw", extra={"mode": "pointwise"}, **kw),
+                                         device="cpu")
+    listwise = Reranker.from_pretrained(model.save_adapter(tmp_path / "lw", extra={"mode": "listwise"}, **kw),
+                                        device="cpu")
+    assert pointwise.pointwise and not listwise.pointwise
+    alone = [listwise.rerank(QUERY, [d])[0].relevance_score for d in DOCS]
+    np.testing.assert_allclose(scores(pointwise), alone, atol=1e-5)
+    assert np.abs(np.array(scores(listwise)) - np.array(alone)).max() > 1e-4  # the two modes differ
+    forced = Reranker.from_pretrained(tmp_path / "pw", device="cpu", pointwise=False)
+    np.testing.assert_allclose(scores(forced), scores(listwise), atol=1e-5)
+
+
 def test_adapter_on_a_plain_causal_lm_with_a_grown_vocabulary(plain_lm: Path, tmp_path: Path) -> None:
     base = load_base(plain_lm)
     model = TrainableLBNL(base.model, base_vocab_size=base.base_vocab_size)

@@ -415,20 +415,11 @@ class ReferenceScorer:
 class LbnlScorer:
     """lbnl's :class:`~lbnl.reranker.Reranker` with a path's settings, all queries in one ``rerank_many`` call."""
 
-    def __init__(self, reranker: Any, pointwise: bool):
+    def __init__(self, reranker: Any):
         self.reranker = reranker
-        self.pointwise = pointwise
         self.tokenizer = reranker.tokenizer
 
     def score(self, queries: list[str], documents: list[list[str]], max_doc_length: int) -> list[list[float]]:
-        if self.pointwise:
-            flat = self.reranker.rerank_many([q for q, docs in zip(queries, documents) for _ in docs],
-                                             [[d] for docs in documents for d in docs], max_doc_length=max_doc_length)
-            out, start = [], 0
-            for docs in documents:
-                out.append([r[0].relevance_score for r in flat[start:start + len(docs)]])
-                start += len(docs)
-            return out
         results = self.reranker.rerank_many(queries, documents, max_doc_length=max_doc_length)
         aligned = []
         for docs, ranked in zip(documents, results):
@@ -510,8 +501,8 @@ class Loader:
 
         model, tokenizer = self._load(self.key(spec), build)
         reranker = Reranker(model, tokenizer, block_size=spec.block_size, fast_forward=spec.fast_forward,
-                            name=str(self.path))
-        return LbnlScorer(reranker, spec.pointwise)
+                            name=str(self.path), pointwise=spec.pointwise)
+        return LbnlScorer(reranker)
 
     def release(self, spec: PathSpec) -> None:
         """Forget the models only ``spec`` used (the reference models are large)."""

@@ -171,6 +171,9 @@ class Reranker:
             the shared prompt head is computed once and reused, the last layer runs only at the
             embedding positions, tokens after the rerank token are skipped. Same scores (to rounding)
             as ``False``, the plain transformers forward.
+        pointwise: score every document alone, in a prompt of its own with its own query embedding
+            (how a pointwise-trained model must be read); ``from_pretrained`` sets it from the
+            checkpoint's recorded training mode.
     """
 
     def __init__(
@@ -182,10 +185,12 @@ class Reranker:
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         name: str | None = None,
         fast_forward: bool = True,
+        pointwise: bool = False,
     ):
         self.model = model
         self.tokenizer = tokenizer
         self.block_size = block_size
+        self.pointwise = pointwise
         self.max_batch_tokens = max_batch_tokens
         self.fast_forward = fast_forward
         self._prefixes = _PrefixCache()
@@ -216,9 +221,10 @@ class Reranker:
             preset: ``"default"`` (the spec), ``"fast"`` or ``"fastest"`` (see :data:`PRESETS`); an
                 explicit ``block_size`` or ``quantize`` overrides the preset's.
             quantize: ``"int8"`` to quantize the decoder's linear layers (CPU, float32); scores change.
-            **kwargs: passed to the constructor (``block_size``, ``max_batch_tokens``, ``fast_forward``).
+            **kwargs: passed to the constructor (``block_size``, ``max_batch_tokens``, ``fast_forward``,
+                ``pointwise``; the latter defaults to the mode the checkpoint was trained in).
         """
-        from .models import load_checkpoint
+        from .models import checkpoint_mode, load_checkpoint
 
         if preset is not None and preset not in PRESETS:
             raise InvalidInputError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
@@ -237,6 +243,7 @@ class Reranker:
         if quantize == "int8":
             quantize_int8(model)
         kwargs.setdefault("name", str(model_name_or_path))
+        kwargs.setdefault("pointwise", checkpoint_mode(path) == "pointwise")
         return cls(model, tokenizer, **kwargs)
 
     def save_pretrained(self, path: str | os.PathLike[str]) -> None:
@@ -305,7 +312,7 @@ class Reranker:
         results = []
         for plan in plans:
             blocks = [(b, outputs[id(b)]) for b in plan.blocks]
-            results.append(self._merge(plan, blocks, top_n, return_embeddings))
+            results.append(self._merge(plan, blocks, top_n, return_embeddings, self.pointwise))
         return results
 
     def count_tokens(self, query: str, documents: Sequence[Document], max_query_length: int = 512,
@@ -321,7 +328,8 @@ class Reranker:
         doc_texts, doc_tokens = truncate_many(texts, self.tokenizer, max_doc_length)
         blocks: list[_Block] = []
         if build and texts:
-            groups = plan_blocks(doc_tokens, query_tokens, self.model_max_length, max_doc_length, self.block_size)
+            groups = plan_blocks(doc_tokens, query_tokens, self.model_max_length, max_doc_length,
+                                 1 if self.pointwise else self.block_size)
             prompts = [build_prompt(query_text, [doc_texts[i] for i in group], instruction) for group in groups]
             sizes = sorted({len(g) for g in groups})
             heads = [prompt_head(query_text, k, instruction) for k in sizes]
@@ -385,20 +393,25 @@ class Reranker:
 
     @staticmethod
     def _merge(plan: _QueryPlan, blocks: list[tuple[_Block, tuple[torch.Tensor, torch.Tensor]]],
-               top_n: int | None, return_embeddings: bool) -> list[RerankResult]:
+               top_n: int | None, return_embeddings: bool, pointwise: bool = False) -> list[RerankResult]:
         if not blocks:
             return []
         n = len(plan.texts)
         doc_emb = torch.empty((n, blocks[0][1][0].shape[-1]), dtype=torch.float32)
+        own_query = torch.empty_like(doc_emb)
         query_vecs, weights = [], []
         for block, (docs, query) in blocks:
             in_model = torch.nn.functional.cosine_similarity(docs, query.unsqueeze(0).expand_as(docs), dim=-1)
             weights.append(((1 + in_model) / 2).max().float())
             query_vecs.append(query.float())
             doc_emb[block.doc_indices] = docs.float().cpu()
-        w = torch.stack(weights).cpu()
-        merged = (torch.stack(query_vecs).cpu() * w[:, None]).sum(0) / w.sum()
-        scores = torch.nn.functional.cosine_similarity(doc_emb, merged.unsqueeze(0).expand_as(doc_emb), dim=-1)
+            own_query[block.doc_indices] = query.float().cpu()
+        if pointwise:
+            against = own_query
+        else:
+            w = torch.stack(weights).cpu()
+            against = ((torch.stack(query_vecs).cpu() * w[:, None]).sum(0) / w.sum()).unsqueeze(0).expand_as(doc_emb)
+        scores = torch.nn.functional.cosine_similarity(doc_emb, against, dim=-1)
         order = sorted(range(n), key=lambda i: -float(scores[i]))
         if top_n is not None:
             order = order[:top_n]

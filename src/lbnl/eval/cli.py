@@ -70,7 +70,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the query sample and the randomisation test")
     p.add_argument("--block-size", type=int, default=None,
                    help="documents per prompt (default: the model's 125); smaller is faster on a CPU, changes scores")
-    p.add_argument("--pointwise", action="store_true", help="score each document alone (one per prompt)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--pointwise", action="store_true", default=None,
+                      help="score each document alone, one per prompt (default: the mode the model was trained in)")
+    mode.add_argument("--listwise", action="store_false", dest="pointwise",
+                      help="score documents in LBNL blocks even if the model was trained pointwise")
     p.add_argument("--instruction", default=None, help="optional instruction placed in every prompt")
     p.add_argument("--batch-queries", type=int, default=4, help="queries per reranker call (default 4)")
     p.add_argument("--fusion", default="rrf,linear",

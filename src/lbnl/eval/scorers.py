@@ -60,21 +60,24 @@ class LBNLScorer:
         max_query_length: tokens kept of the query.
         block_size: documents per prompt (default: the reranker's, 125 for the official setup).
             Smaller blocks are faster on a CPU but change the scores.
-        pointwise: score each document alone, one per prompt (a pointwise baseline with the same model).
+        pointwise: score each document alone, one per prompt (a pointwise baseline with the same
+            model); ``False`` forces listwise blocks; default: the reranker's mode.
         instruction: optional instruction placed in every prompt.
         name: label in tables (default ``lbnl:<model>``, ``+pointwise`` when pointwise).
     """
 
     def __init__(self, reranker: Any, *, max_doc_length: int = 2048, max_query_length: int = 512,
-                 block_size: int | None = None, pointwise: bool = False, instruction: str | None = None,
+                 block_size: int | None = None, pointwise: bool | None = None, instruction: str | None = None,
                  name: str | None = None):
         for label, value in (("max_doc_length", max_doc_length), ("max_query_length", max_query_length),
                              ("block_size", block_size if block_size is not None else 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise InvalidInputError(f"{label} must be a positive integer, got {value!r}")
-        if block_size is not None and block_size != reranker.block_size:
+        pointwise = reranker.pointwise if pointwise is None else pointwise
+        if (block_size is not None and block_size != reranker.block_size) or pointwise != reranker.pointwise:
             reranker = copy.copy(reranker)
-            reranker.block_size = block_size
+            reranker.block_size = block_size or reranker.block_size
+            reranker.pointwise = pointwise
         self.reranker = reranker
         self.max_doc_length = max_doc_length
         self.max_query_length = max_query_length
@@ -98,14 +101,6 @@ class LBNLScorer:
             raise InvalidInputError("score needs one candidate list per query")
         options = dict(max_doc_length=self.max_doc_length, max_query_length=self.max_query_length,
                        instruction=self.instruction)
-        if self.pointwise:
-            flat_queries = [q for q, docs in zip(queries, candidates) for _ in docs]
-            flat = self.reranker.rerank_many(flat_queries, [[d] for docs in candidates for d in docs], **options)
-            scores, start = [], 0
-            for docs in candidates:
-                scores.append([r[0].relevance_score for r in flat[start:start + len(docs)]])
-                start += len(docs)
-            return scores
         out = []
         for docs, results in zip(candidates, self.reranker.rerank_many(queries, candidates, **options)):
             aligned = [0.0] * len(docs)

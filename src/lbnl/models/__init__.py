@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -37,3 +38,19 @@ def load_checkpoint(
     tokenizer = load_tokenizer(path)
     model = LBNLModel.from_pretrained(path, tokenizer, dtype=dtype, device=device)
     return model, tokenizer
+
+
+def checkpoint_mode(path: str | os.PathLike[str]) -> str:
+    """How a checkpoint was trained to be read: ``"pointwise"`` when an lbnl adapter says so,
+    otherwise ``"listwise"`` (the spec; official checkpoints record no mode)."""
+    from .adapter import ADAPTER_FILE, is_adapter_dir
+
+    path = Path(path)
+    if not is_adapter_dir(path):
+        return "listwise"
+    try:
+        mode = json.loads((path / ADAPTER_FILE).read_text()).get("mode")
+    except (OSError, ValueError):
+        return "listwise"
+    return "pointwise" if mode == "pointwise" else "listwise"
+
