@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import InvalidInputError, LBNLError
+from .jsonl import parse_lines
 
 #: Modules that add subcommands, in help order.
 COMMAND_MODULES = (
@@ -49,11 +50,7 @@ def read_documents(source: str) -> list[str]:
     if not lines or not lines[0].lstrip().startswith(("{", '"')):
         return lines
     docs = []
-    for n, line in enumerate(lines, 1):
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InvalidInputError(f"{source}, line {n}: not valid JSON ({exc.msg})") from None
+    for n, item in parse_lines(lines, source):
         if isinstance(item, dict) and isinstance(item.get("text"), str):
             item = item["text"]
         if not isinstance(item, str):

@@ -7,15 +7,13 @@ comparable with published numbers.
 from __future__ import annotations
 
 import csv
-import gzip
-import io
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterator
+from typing import Iterator
 
 from ..errors import InvalidInputError
+from ..jsonl import iter_jsonl, open_text
 
 Qrels = dict[str, dict[str, int]]
 
@@ -75,24 +73,11 @@ def _find(root: Path, stem: str) -> Path:
     raise InvalidInputError(f"{root}: no {stem} or {stem}.gz (expected the BEIR layout)")
 
 
-def _open_text(path: Path) -> IO[str]:
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")
-
-
 def _jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    with _open_text(path) as handle:
-        for n, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InvalidInputError(f"{path}, line {n}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict) or "_id" not in row:
-                raise InvalidInputError(f"{path}, line {n}: expected a JSON object with an '_id' field")
-            yield n, row
+    for n, row in iter_jsonl(path):
+        if not isinstance(row, dict) or "_id" not in row:
+            raise InvalidInputError(f"{path}, line {n}: expected a JSON object with an '_id' field")
+        yield n, row
 
 
 def load_corpus(path: str | os.PathLike[str]) -> dict[str, dict[str, str]]:
@@ -120,7 +105,7 @@ def load_queries(path: str | os.PathLike[str]) -> dict[str, str]:
 def load_qrels(path: str | os.PathLike[str]) -> Qrels:
     """``qrels/{split}.tsv[.gz]`` (header ``query-id corpus-id score``) -> query id -> {doc id -> relevance}."""
     qrels: Qrels = {}
-    with _open_text(Path(path)) as handle:
+    with open_text(Path(path)) as handle:
         reader = csv.reader(handle, delimiter="\t")
         for n, row in enumerate(reader, 1):
             if not row or not "".join(row).strip():

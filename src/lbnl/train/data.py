@@ -11,7 +11,6 @@ exactly the lists an uninterrupted one would. Prompts are built with
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
@@ -19,6 +18,7 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 
 from ..errors import InvalidInputError
+from ..jsonl import iter_jsonl
 from ..prompt import EMBED_TOKEN, RERANK_TOKEN, build_prompt, truncate, truncate_many
 from .config import DataConfig
 
@@ -191,24 +191,17 @@ def jsonl_data(config: DataConfig, seed: int) -> TrainData:
         return ids[text]
 
     raw: list[Group] = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InvalidInputError(f"{path}, line {n}: not valid JSON ({exc.msg})") from None
-            ok = (isinstance(item, dict) and isinstance(item.get("query"), str) and item["query"].strip()
-                  and isinstance(item.get("positive"), str)
-                  and isinstance(item.get("negatives", []), list)
-                  and all(isinstance(x, str) for x in item.get("negatives", [])))
-            if not ok:
-                raise InvalidInputError(f"{path}, line {n}: expected {{\"query\": str, \"positive\": str, "
-                                        "\"negatives\": [str, ...]}")
-            pos = doc_id(item["positive"])
-            negs = tuple(dict.fromkeys(d for d in map(doc_id, item.get("negatives", [])) if d != pos))
-            raw.append(Group(str(item.get("query_id", f"q{n}")), item["query"], pos, negs, (pos,)))
+    for n, item in iter_jsonl(path):
+        ok = (isinstance(item, dict) and isinstance(item.get("query"), str) and item["query"].strip()
+              and isinstance(item.get("positive"), str)
+              and isinstance(item.get("negatives", []), list)
+              and all(isinstance(x, str) for x in item.get("negatives", [])))
+        if not ok:
+            raise InvalidInputError(f"{path}, line {n}: expected {{\"query\": str, \"positive\": str, "
+                                    "\"negatives\": [str, ...]}")
+        pos = doc_id(item["positive"])
+        negs = tuple(dict.fromkeys(d for d in map(doc_id, item.get("negatives", [])) if d != pos))
+        raw.append(Group(str(item.get("query_id", f"q{n}")), item["query"], pos, negs, (pos,)))
     if not raw:
         raise InvalidInputError(f"{path} holds no groups")
     keys = [str(i) for i in range(len(raw))]

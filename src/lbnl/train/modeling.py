@@ -214,9 +214,9 @@ class TrainableLBNL(nn.Module):
             for p in backbone.parameters():
                 p.requires_grad_(False)
             layers = backbone.config.num_hidden_layers
-            if lora_layers is not None and not 0 < lora_layers <= layers:
-                raise ValueError(f"lora_layers must be between 1 and {layers}, got {lora_layers}")
             if lora_layers is not None:
+                if not 0 < lora_layers <= layers:
+                    raise ValueError(f"lora_layers must be between 1 and {layers}, got {lora_layers}")
                 lora_target_modules = _layer_targets(backbone, lora_target_modules, range(layers - lora_layers, layers))
             config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                                 target_modules=lora_target_modules, bias="none")
