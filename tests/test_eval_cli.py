@@ -61,6 +61,31 @@ def test_eval_cli_with_a_tiny_model(tiny_checkpoint: Path, tiny_reranker, data_d
     assert len(store.read_text().splitlines()) == 1 + 4, "a header and q1-q4 (q5 has no BM25 hit), none twice"
 
 
+def test_eval_cli_held_out_ids_and_candidate_fusion_rows(tiny_checkpoint: Path, tiny_reranker, data_dir: Path,
+                                                         tmp_path: Path) -> None:
+    from lbnl.fusion import fuse_with_candidate_bm25
+
+    ids = tmp_path / "validation_queries.txt"
+    ids.write_text("q3\nq1\n")
+    out = tmp_path / "out"
+    done = run("--model", str(tiny_checkpoint), "--device", "cpu", "--data", str(data_dir), "--top-k", "5",
+               "--max-doc-length", "24", "--query-ids", str(ids), "--fusion", "none", "--candidate-fusion", "0.3,0",
+               "--output", str(out), "--cache-dir", str(tmp_path / "cache"), "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert [line.split()[0] for line in done.stdout.splitlines()[2:5]] == [
+        "bm25", "lbnl:ckpt", "candidate-bm25(w=0.3)"]
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["config"]["queries_evaluated"] == 2 and set(saved["per_query"]["bm25"]) == {"q1", "q3"}
+    assert (out / "run.candidate-bm25-w0.3.trec").is_file() and (out / "run.candidate-bm25-w0.trec").is_file()
+    dataset = load_beir(data_dir, "test")
+    hits = first_stage_hits(dataset, k=5, cache_dir=tmp_path / "cache", progress=False)
+    texts = [dataset.document_text(d) for d, _ in hits["q1"]]
+    (model,) = LBNLScorer(tiny_reranker, max_doc_length=24).score([dataset.queries["q1"]], [texts])
+    fused = fuse_with_candidate_bm25(dataset.queries["q1"], texts, model, 0.3)
+    trec = [line.split() for line in (out / "run.candidate-bm25-w0.3.trec").read_text().splitlines()]
+    assert [r[2] for r in trec if r[0] == "q1"] == [d for d, _ in order_by_scores([d for d, _ in hits["q1"]], fused)]
+
+
 def test_eval_cli_first_stage_only(data_dir: Path, tmp_path: Path) -> None:
     done = run("--model", "none", "--data", str(data_dir), "--top-k", "3", "--max-queries", "2",
                "--output", str(tmp_path / "bm25"), "--cache-dir", str(tmp_path / "cache"))
@@ -80,9 +105,15 @@ def test_eval_cli_first_stage_only(data_dir: Path, tmp_path: Path) -> None:
         (["--data", "DATA", "--top-k", "0"], "top-k must be a positive integer"),
         (["--data", "DATA", "--fusion", "max"], "unknown fusion 'max'"),
         (["--data", "DATA", "--max-doc-length", "0"], "--max-doc-length must be a positive integer"),
+        (["--data", "DATA", "--query-ids", "/nonexistent/ids.txt"], "--query-ids: no file"),
+        (["--data", "DATA", "--query-ids", "IDS"], "1 query ids are not judged queries of the test split"),
+        (["--data", "DATA", "--candidate-fusion", "0.5,x"], "--candidate-fusion takes comma-separated weights"),
+        (["--data", "DATA", "--candidate-fusion", "2"], "candidate-fusion weights must be in [0, 1]"),
     ],
 )
 def test_eval_cli_errors_are_messages(data_dir: Path, tmp_path: Path, args: list[str], message: str) -> None:
-    args = [str(data_dir) if a == "DATA" else a for a in args]
+    ids = tmp_path / "ids.txt"
+    ids.write_text("q1\nno-such-query\n")
+    args = [str(data_dir) if a == "DATA" else str(ids) if a == "IDS" else a for a in args]
     done = run("--model", "none", *args, "--output", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c"))
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr

@@ -127,6 +127,27 @@ def test_top_n_documents_and_empty(tiny_reranker: Reranker) -> None:
     assert len(tiny_reranker.rerank("tea", docs, top_n=10)) == 3
 
 
+def test_candidate_bm25_fusion(tiny_reranker: Reranker) -> None:
+    from lbnl.fusion import candidate_bm25, fuse_with_candidate_bm25
+
+    query = "green tea and the heart"
+    docs = ["Green tea catechins and heart disease.", "Coffee prices rose.", "Tea, the heart and green leaves.",
+            "Basketball in the US.", "the and of"]
+    bm25 = candidate_bm25(query, docs)
+    assert bm25[1] == bm25[3] == bm25[4] == 0.0 and min(bm25[0], bm25[2]) > 0
+    assert candidate_bm25("the of", docs) == [0.0] * 5 and candidate_bm25("tea", ["", "of"]) == [0.0, 0.0]
+    model = {r.index: r.relevance_score for r in tiny_reranker.rerank(query, docs)}
+    for w in (0.0, 0.3, 1.0):
+        fused = Reranker(tiny_reranker.model, tiny_reranker.tokenizer, fuse_bm25=w).rerank(query, docs)
+        expected = fuse_with_candidate_bm25(query, docs, [model[i] for i in range(len(docs))], w)
+        assert [r.relevance_score for r in fused] == pytest.approx(sorted(expected, reverse=True), abs=1e-6)
+        assert [expected[r.index] for r in fused] == pytest.approx([r.relevance_score for r in fused], abs=1e-6)
+    lexical = Reranker(tiny_reranker.model, tiny_reranker.tokenizer, fuse_bm25=0.0).rerank(query, docs, top_n=2)
+    assert {r.index for r in lexical} == {0, 2}
+    with pytest.raises(InvalidInputError, match="fuse_bm25 must be in"):
+        Reranker(tiny_reranker.model, tiny_reranker.tokenizer, fuse_bm25=1.5)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

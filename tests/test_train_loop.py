@@ -70,8 +70,10 @@ def test_planted_signal_is_learned(tiny_checkpoint: Path, planted: Path, tmp_pat
     assert last < 0.5 * first and last < 0.5 * math.log(4)
     assert np.mean([r["loss"] for r in trains[-4:]]) < np.mean([r["loss"] for r in trains[:4]])
     assert vals[-1]["ndcg@10"] > 0.9 > vals[0]["ndcg@10"]
-    for name in ("train_log.jsonl", "loss_curve.png", "summary.json", "config.yaml"):
+    for name in ("train_log.jsonl", "loss_curve.png", "summary.json", "config.yaml", "validation_queries.txt"):
         assert (out / name).stat().st_size > 0
+    held_out = (out / "validation_queries.txt").read_text().split()
+    assert len(set(held_out)) == 12
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 24 and summary["docs_per_s"] > 0 and summary["steps_per_s"] > 0
     # fresh lists never seen in training, reranked by both shipped forms

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import shutil
 from pathlib import Path
 
@@ -197,6 +198,14 @@ def test_a_pointwise_adapter_is_read_pointwise(tiny_checkpoint: Path, tmp_path: 
     assert np.abs(np.array(scores(listwise)) - np.array(alone)).max() > 1e-4  # the two modes differ
     forced = Reranker.from_pretrained(tmp_path / "pw", device="cpu", pointwise=False)
     np.testing.assert_allclose(scores(forced), scores(listwise), atol=1e-5)
+    assert listwise.fuse_bm25 is None
+    fused = model.save_adapter(tmp_path / "fused", extra={"fuse_bm25": 0.4}, **kw)
+    assert Reranker.from_pretrained(fused, device="cpu").fuse_bm25 == 0.4
+    assert Reranker.from_pretrained(fused, device="cpu", fuse_bm25=None).fuse_bm25 is None
+    meta = json.loads((fused / ADAPTER_FILE).read_text())
+    (fused / ADAPTER_FILE).write_text(json.dumps({**meta, "fuse_bm25": "high"}))
+    with pytest.raises(CheckpointError, match="fuse_bm25 must be a number"):
+        Reranker.from_pretrained(fused, device="cpu")
 
 
 def test_adapter_on_a_plain_causal_lm_with_a_grown_vocabulary(plain_lm: Path, tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .errors import InvalidInputError
+from .fusion import fuse_with_candidate_bm25
 from .model import LBNLModel, PrefixState, quantize_int8, resolve_checkpoint
 from .prompt import DEFAULT_BLOCK_SIZE, PREFIX, build_prompt, plan_blocks, prompt_head, truncate, truncate_many
 
@@ -117,6 +118,7 @@ class _PrefixCache:
 
 @dataclass
 class _QueryPlan:
+    query: str
     documents: list[Document]
     texts: list[str]
     query_tokens: int
@@ -174,6 +176,10 @@ class Reranker:
         pointwise: score every document alone, in a prompt of its own with its own query embedding
             (how a pointwise-trained model must be read); ``from_pretrained`` sets it from the
             checkpoint's recorded training mode.
+        fuse_bm25: blend the model's scores with BM25 over the request's own documents,
+            ``fuse_bm25 * minmax(model) + (1 - fuse_bm25) * minmax(bm25)`` per query (see
+            :mod:`lbnl.fusion`); ``None`` (the spec) returns the model's cosines. ``from_pretrained``
+            takes it from the checkpoint: lbnl-small ships with a weight, official weights with none.
     """
 
     def __init__(
@@ -186,11 +192,15 @@ class Reranker:
         name: str | None = None,
         fast_forward: bool = True,
         pointwise: bool = False,
+        fuse_bm25: float | None = None,
     ):
+        if fuse_bm25 is not None and not 0 <= fuse_bm25 <= 1:
+            raise InvalidInputError(f"fuse_bm25 must be in [0, 1] or None, got {fuse_bm25!r}")
         self.model = model
         self.tokenizer = tokenizer
         self.block_size = block_size
         self.pointwise = pointwise
+        self.fuse_bm25 = fuse_bm25
         self.max_batch_tokens = max_batch_tokens
         self.fast_forward = fast_forward
         self._prefixes = _PrefixCache()
@@ -222,9 +232,9 @@ class Reranker:
                 explicit ``block_size`` or ``quantize`` overrides the preset's.
             quantize: ``"int8"`` to quantize the decoder's linear layers (CPU, float32); scores change.
             **kwargs: passed to the constructor (``block_size``, ``max_batch_tokens``, ``fast_forward``,
-                ``pointwise``; the latter defaults to the mode the checkpoint was trained in).
+                ``pointwise``, ``fuse_bm25``; the last two default to what the checkpoint records).
         """
-        from .models import checkpoint_mode, load_checkpoint
+        from .models import checkpoint_mode, checkpoint_fusion, load_checkpoint
 
         if preset is not None and preset not in PRESETS:
             raise InvalidInputError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
@@ -244,6 +254,7 @@ class Reranker:
             quantize_int8(model)
         kwargs.setdefault("name", str(model_name_or_path))
         kwargs.setdefault("pointwise", checkpoint_mode(path) == "pointwise")
+        kwargs.setdefault("fuse_bm25", checkpoint_fusion(path))
         return cls(model, tokenizer, **kwargs)
 
     def save_pretrained(self, path: str | os.PathLike[str]) -> None:
@@ -312,7 +323,7 @@ class Reranker:
         results = []
         for plan in plans:
             blocks = [(b, outputs[id(b)]) for b in plan.blocks]
-            results.append(self._merge(plan, blocks, top_n, return_embeddings, self.pointwise))
+            results.append(self._merge(plan, blocks, top_n, return_embeddings))
         return results
 
     def count_tokens(self, query: str, documents: Sequence[Document], max_query_length: int = 512,
@@ -340,7 +351,7 @@ class Reranker:
                 end = len(ids) - ids[::-1].index(rerank_id) if rerank_id in ids else len(ids)
                 head = min(_common_prefix(ids, head_ids[len(group)]), end - 1)
                 blocks.append(_Block(group, ids, end, head))
-        return _QueryPlan(docs, texts, query_tokens, doc_tokens, blocks)
+        return _QueryPlan(query, docs, texts, query_tokens, doc_tokens, blocks)
 
     def _anchor_length(self, ids: Sequence[int]) -> int:
         """Tokens of the system prompt at the start of ``ids`` (the part every prompt shares)."""
@@ -391,9 +402,8 @@ class Reranker:
         prefix = self._prefixes.get(self.model, rows[0][:shared], self._anchor_length(rows[0]))
         return self.model.encode([r[shared:] for r in rows], prefix=prefix, pad_token_id=self.pad_token_id)
 
-    @staticmethod
-    def _merge(plan: _QueryPlan, blocks: list[tuple[_Block, tuple[torch.Tensor, torch.Tensor]]],
-               top_n: int | None, return_embeddings: bool, pointwise: bool = False) -> list[RerankResult]:
+    def _merge(self, plan: _QueryPlan, blocks: list[tuple[_Block, tuple[torch.Tensor, torch.Tensor]]],
+               top_n: int | None, return_embeddings: bool) -> list[RerankResult]:
         if not blocks:
             return []
         n = len(plan.texts)
@@ -406,13 +416,15 @@ class Reranker:
             query_vecs.append(query.float())
             doc_emb[block.doc_indices] = docs.float().cpu()
             own_query[block.doc_indices] = query.float().cpu()
-        if pointwise:
+        if self.pointwise:
             against = own_query
         else:
             w = torch.stack(weights).cpu()
             against = ((torch.stack(query_vecs).cpu() * w[:, None]).sum(0) / w.sum()).unsqueeze(0).expand_as(doc_emb)
-        scores = torch.nn.functional.cosine_similarity(doc_emb, against, dim=-1)
-        order = sorted(range(n), key=lambda i: -float(scores[i]))
+        scores = torch.nn.functional.cosine_similarity(doc_emb, against, dim=-1).tolist()
+        if self.fuse_bm25 is not None:
+            scores = fuse_with_candidate_bm25(plan.query, plan.texts, scores, self.fuse_bm25)
+        order = sorted(range(n), key=lambda i: -scores[i])
         if top_n is not None:
             order = order[:top_n]
         return [

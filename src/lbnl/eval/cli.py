@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..errors import InvalidInputError
+
 
 def _default_output(data: str, split: str, model: str | None) -> Path:
     model_name = "bm25" if model is None else (os.path.basename(os.path.normpath(model)) or "model")
@@ -15,8 +17,27 @@ def _default_output(data: str, split: str, model: str | None) -> Path:
     return Path("runs") / "eval" / re.sub(r"[^\w.+-]+", "_", f"{dataset}-{split}-{model_name}")
 
 
+def _weights(text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    if text in ("", "none"):
+        return ()
+    try:
+        return tuple(float(w) for w in text.split(",") if w.strip())
+    except ValueError:
+        raise InvalidInputError(f"--candidate-fusion takes comma-separated weights in [0, 1], got {text!r}") from None
+
+
+def _query_ids(path: str | None) -> tuple[str, ...] | None:
+    if path is None:
+        return None
+    file = Path(path)
+    if not file.is_file():
+        raise InvalidInputError(f"--query-ids: no file at {path}")
+    return tuple(line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip())
+
+
 def _run_eval(args: argparse.Namespace) -> int:
-    from ..errors import InvalidInputError
     from .beir import load_beir
     from .first_stage import BM25Params
     from .report import format_table
@@ -26,6 +47,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     fusion = tuple(f for f in args.fusion.split(",") if f) if args.fusion not in ("", "none") else ()
     config = EvalConfig(top_k=args.top_k, max_queries=args.max_queries, seed=args.seed,
                         batch_queries=args.batch_queries, fusion=fusion, fusion_weight=args.fusion_weight,
+                        candidate_fusion=_weights(args.candidate_fusion), query_ids=_query_ids(args.query_ids),
                         rrf_k=args.rrf_k, bm25=BM25Params(k1=args.k1, b=args.b))
     config.check()
     for flag in ("max_doc_length", "max_query_length", "block_size"):
@@ -67,6 +89,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-query-length", type=int, default=512, help="tokens kept of the query (default 512)")
     p.add_argument("--max-queries", type=int, default=None,
                    help="evaluate a fixed seeded sample of N queries (default: all)")
+    p.add_argument("--query-ids", default=None,
+                   help="file of query ids, one per line: evaluate exactly these (e.g. a training run's "
+                        "validation_queries.txt)")
     p.add_argument("--seed", type=int, default=0, help="seed of the query sample and the randomisation test")
     p.add_argument("--block-size", type=int, default=None,
                    help="documents per prompt (default: the model's 125); smaller is faster on a CPU, changes scores")
@@ -80,6 +105,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--fusion", default="rrf,linear",
                    help="fusion rows with the first stage: rrf, linear, both comma-separated, or none")
     p.add_argument("--fusion-weight", type=float, default=0.5, help="reranker weight in linear fusion (default 0.5)")
+    p.add_argument("--candidate-fusion", default=None,
+                   help="model weights of extra rows fusing with BM25 over each query's candidates only, "
+                        "as Reranker(fuse_bm25=w) does, comma-separated (default: the weight the model "
+                        "ships with, if any; none: no rows)")
     p.add_argument("--rrf-k", type=int, default=60, help="reciprocal rank fusion offset (default 60)")
     p.add_argument("--k1", type=float, default=0.9, help="BM25 k1 (default 0.9, Anserini)")
     p.add_argument("--b", type=float, default=0.4, help="BM25 b (default 0.4, Anserini)")

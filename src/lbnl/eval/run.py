@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..errors import InvalidInputError
+from ..fusion import fuse_with_candidate_bm25
 from .beir import BeirDataset
 from .first_stage import DEFAULT_TOP_K, BM25Params, Hits, digest, first_stage_hits
 from .metrics import METRICS, PerQuery, mean_metrics, paired_tests, per_query_metrics
@@ -37,6 +38,11 @@ class EvalConfig:
         batch_queries: queries per scorer call (more packs blocks better; results are written per call).
         fusion: fusion rows to add (``"rrf"``, ``"linear"``).
         fusion_weight: the reranker's weight in linear fusion.
+        candidate_fusion: model weights of extra rows fusing the reranker with BM25 over each
+            query's candidates only (what ``Reranker(fuse_bm25=w)`` does); ``None``: the weight the
+            model ships with, if any.
+        query_ids: evaluate exactly these queries (for example a training run's held-out slice);
+            exclusive with ``max_queries``.
         rrf_k: the reciprocal-rank-fusion offset.
         permutations: samples of the paired randomisation test.
         bm25: first-stage parameters.
@@ -48,6 +54,8 @@ class EvalConfig:
     batch_queries: int = 4
     fusion: tuple[str, ...] = FUSIONS
     fusion_weight: float = 0.5
+    candidate_fusion: tuple[float, ...] | None = None
+    query_ids: tuple[str, ...] | None = None
     rrf_k: int = 60
     permutations: int = 10_000
     bm25: BM25Params = field(default_factory=BM25Params)
@@ -64,6 +72,12 @@ class EvalConfig:
             raise InvalidInputError(f"unknown fusion {unknown[0]!r} (choose from {', '.join(FUSIONS)})")
         if not 0 <= self.fusion_weight <= 1:
             raise InvalidInputError(f"fusion-weight must be in [0, 1], got {self.fusion_weight}")
+        if any(not 0 <= w <= 1 for w in self.candidate_fusion or ()):
+            raise InvalidInputError(f"candidate-fusion weights must be in [0, 1], got {list(self.candidate_fusion)}")
+        if self.query_ids is not None and self.max_queries is not None:
+            raise InvalidInputError("give either a query sample size or a list of query ids, not both")
+        if self.query_ids is not None and not self.query_ids:
+            raise InvalidInputError("the list of query ids is empty")
         self.bm25.check()
 
 
@@ -236,7 +250,15 @@ def run_evaluation(dataset: BeirDataset, scorer: Scorer | None, config: EvalConf
     from . import report
 
     config.check()
-    query_ids = sample_queries(dataset.query_ids, config.max_queries, config.seed)
+    if config.query_ids is not None:
+        known = set(dataset.query_ids)
+        missing = [q for q in config.query_ids if q not in known]
+        if missing:
+            raise InvalidInputError(f"{len(missing)} query ids are not judged queries of the {dataset.split} "
+                                    f"split, for example {missing[0]!r}")
+        query_ids = list(dict.fromkeys(config.query_ids))
+    else:
+        query_ids = sample_queries(dataset.query_ids, config.max_queries, config.seed)
     began = time.perf_counter()
     hits = first_stage_hits(dataset, query_ids, k=config.top_k, params=config.bm25, cache_dir=cache_dir,
                             progress=progress)
@@ -273,6 +295,17 @@ def run_evaluation(dataset: BeirDataset, scorer: Scorer | None, config: EvalConf
                 for q in query_ids
             }
             kinds[label] = f"fusion:{method}"
+        shipped = getattr(scorer, "shipped_fusion", None)
+        weights = config.candidate_fusion if config.candidate_fusion is not None else (
+            (shipped,) if shipped is not None else ())
+        for w in weights:
+            label = f"candidate-bm25(w={w:g})" + (" [shipped]" if w == shipped else "")
+            runs[label] = {
+                q: order_by_scores(doc_ids[q], fuse_with_candidate_bm25(
+                    dataset.queries[q], [dataset.document_text(d) for d in doc_ids[q]], scores[q], w))
+                for q in query_ids
+            }
+            kinds[label] = f"fusion:candidate-bm25-w{w:g}"
         if store is not None:
             seconds = sum(store.done[q].get("seconds", 0.0) for q in query_ids if q in store.done)
         documents = sum(len(hits[q]) for q in query_ids)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 from ..errors import InvalidInputError
+from ..fusion import FUSIONS, fuse  # noqa: F401 - re-exported for the harness
 
 
 @runtime_checkable
@@ -64,6 +65,10 @@ class LBNLScorer:
             model); ``False`` forces listwise blocks; default: the reranker's mode.
         instruction: optional instruction placed in every prompt.
         name: label in tables (default ``lbnl:<model>``, ``+pointwise`` when pointwise).
+
+    Scores are always the model's own: a reranker that ships with candidate-BM25 fusion has it
+    removed here and reported as ``shipped_fusion``, so the harness shows the model alone and
+    the fused row as shipped from one run.
     """
 
     def __init__(self, reranker: Any, *, max_doc_length: int = 2048, max_query_length: int = 512,
@@ -74,10 +79,13 @@ class LBNLScorer:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise InvalidInputError(f"{label} must be a positive integer, got {value!r}")
         pointwise = reranker.pointwise if pointwise is None else pointwise
-        if (block_size is not None and block_size != reranker.block_size) or pointwise != reranker.pointwise:
+        self.shipped_fusion: float | None = reranker.fuse_bm25
+        if (block_size is not None and block_size != reranker.block_size) or pointwise != reranker.pointwise \
+                or reranker.fuse_bm25 is not None:
             reranker = copy.copy(reranker)
             reranker.block_size = block_size or reranker.block_size
             reranker.pointwise = pointwise
+            reranker.fuse_bm25 = None
         self.reranker = reranker
         self.max_doc_length = max_doc_length
         self.max_query_length = max_query_length
@@ -108,42 +116,6 @@ class LBNLScorer:
                 aligned[r.index] = r.relevance_score
             out.append(aligned)
         return out
-
-
-#: Fusion methods reported as extra rows.
-FUSIONS = ("rrf", "linear")
-
-
-def _minmax(values: Sequence[float]) -> list[float]:
-    low, high = min(values), max(values)
-    return [(v - low) / (high - low) if high > low else 0.0 for v in values]
-
-
-def fuse(method: str, first_stage: Sequence[float], reranked: Sequence[float], *, weight: float = 0.5,
-         rrf_k: int = 60) -> list[float]:
-    """Combine first-stage and reranker scores of one query's candidates (aligned lists).
-
-    Args:
-        method: ``"rrf"`` (reciprocal rank fusion, ``1/(rrf_k + rank)`` summed over both rankings)
-            or ``"linear"`` (``weight * minmax(reranked) + (1 - weight) * minmax(first_stage)``).
-        first_stage: first-stage scores; the candidates must be in first-stage order.
-        reranked: reranker scores.
-        weight: the reranker's weight in linear fusion, in [0, 1].
-        rrf_k: the RRF rank offset (60 as in Cormack et al.).
-    """
-    if len(first_stage) != len(reranked):
-        raise ValueError("fusion needs aligned score lists")
-    if not reranked:
-        return []
-    if method == "linear":
-        if not 0 <= weight <= 1:
-            raise InvalidInputError(f"the fusion weight must be in [0, 1], got {weight}")
-        return [weight * r + (1 - weight) * f for f, r in zip(_minmax(first_stage), _minmax(reranked))]
-    if method == "rrf":
-        order = sorted(range(len(reranked)), key=lambda i: (-reranked[i], i))
-        rerank_rank = {i: r for r, i in enumerate(order, 1)}
-        return [1 / (rrf_k + i + 1) + 1 / (rrf_k + rerank_rank[i]) for i in range(len(reranked))]
-    raise InvalidInputError(f"unknown fusion {method!r} (choose from {', '.join(FUSIONS)})")
 
 
 def order_by_scores(doc_ids: Sequence[str], scores: Sequence[float]) -> list[tuple[str, float]]:

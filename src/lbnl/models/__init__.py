@@ -40,17 +40,29 @@ def load_checkpoint(
     return model, tokenizer
 
 
+def _adapter_meta(path: Path) -> dict[str, Any]:
+    from .adapter import ADAPTER_FILE, is_adapter_dir
+
+    if not is_adapter_dir(path):
+        return {}
+    try:
+        meta = json.loads((path / ADAPTER_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
 def checkpoint_mode(path: str | os.PathLike[str]) -> str:
     """How a checkpoint was trained to be read: ``"pointwise"`` when an lbnl adapter says so,
     otherwise ``"listwise"`` (the spec; official checkpoints record no mode)."""
-    from .adapter import ADAPTER_FILE, is_adapter_dir
+    return "pointwise" if _adapter_meta(Path(path)).get("mode") == "pointwise" else "listwise"
 
-    path = Path(path)
-    if not is_adapter_dir(path):
-        return "listwise"
-    try:
-        mode = json.loads((path / ADAPTER_FILE).read_text()).get("mode")
-    except (OSError, ValueError):
-        return "listwise"
-    return "pointwise" if mode == "pointwise" else "listwise"
 
+def checkpoint_fusion(path: str | os.PathLike[str]) -> float | None:
+    """The candidate-BM25 fusion weight an lbnl adapter ships with (``fuse_bm25``), else ``None``."""
+    weight = _adapter_meta(Path(path)).get("fuse_bm25")
+    if weight is None:
+        return None
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 1:
+        raise CheckpointError(f"{path}: fuse_bm25 must be a number in [0, 1], got {weight!r}")
+    return float(weight)

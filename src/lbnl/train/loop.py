@@ -36,6 +36,8 @@ CHECKPOINTS = "checkpoints"
 LOG_FILE = "train_log.jsonl"
 PLOT_FILE = "loss_curve.png"
 SUMMARY_FILE = "summary.json"
+#: The held-out query ids, one per line (``lbnl eval --query-ids`` reads it).
+VALIDATION_FILE = "validation_queries.txt"
 #: Config keys that may change between a run and its resumption without a warning.
 _RESUME_SAFE = {"run.resume", "run.progress", "run.eval_every", "run.save_every", "run.keep_checkpoints",
                 "run.log_every", "run.save_full", "run.save_adapter", "run.adapter_base", "run.save_dtype",
@@ -409,6 +411,8 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         point = self._resume_point()
         self._check_config()
+        if self.data.validation:
+            (self.out / VALIDATION_FILE).write_text("".join(f"{v.query_id}\n" for v in self.data.validation))
         if point is not None:
             self.load_checkpoint(point)
             logger.info("resumed from %s at step %d", point, self.step)
