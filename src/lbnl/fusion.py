@@ -9,7 +9,8 @@ rerank call has, since it never sees the corpus.
 
 from __future__ import annotations
 
-from typing import Sequence
+import threading
+from typing import Any, Sequence
 
 from .errors import InvalidInputError
 
@@ -50,6 +51,18 @@ def fuse(method: str, first_stage: Sequence[float], reranked: Sequence[float], *
     raise InvalidInputError(f"unknown fusion {method!r} (choose from {', '.join(FUSIONS)})")
 
 
+_local = threading.local()
+
+
+def _stemmer() -> Any:
+    """One Snowball stemmer per thread (PyStemmer objects are not thread-safe)."""
+    if not hasattr(_local, "stemmer"):
+        import Stemmer
+
+        _local.stemmer = Stemmer.Stemmer("english")
+    return _local.stemmer
+
+
 def candidate_bm25(query: str, texts: Sequence[str]) -> list[float]:
     """BM25 of ``query`` against an index of ``texts`` alone (term statistics from the candidates).
 
@@ -57,11 +70,10 @@ def candidate_bm25(query: str, texts: Sequence[str]) -> list[float]:
     stemming. Candidates without any query term score 0.
     """
     import bm25s
-    import Stemmer
 
     if not texts:
         return []
-    stemmer = Stemmer.Stemmer("english")
+    stemmer = _stemmer()
     corpus = bm25s.tokenize(list(texts), stopwords="en", stemmer=stemmer, show_progress=False)
     terms = bm25s.tokenize([query], stopwords="en", stemmer=stemmer, return_ids=False, show_progress=False)[0]
     if not terms or not any(corpus.ids):
