@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -202,6 +204,16 @@ def test_a_pointwise_adapter_is_read_pointwise(tiny_checkpoint: Path, tmp_path: 
     fused = model.save_adapter(tmp_path / "fused", extra={"fuse_bm25": 0.4}, **kw)
     assert Reranker.from_pretrained(fused, device="cpu").fuse_bm25 == 0.4
     assert Reranker.from_pretrained(fused, device="cpu", fuse_bm25=None).fuse_bm25 is None
+    docs = tmp_path / "docs.txt"
+    docs.write_text("\n".join(DOCS))
+    for flags, fuse_bm25 in (([], 0.4), (["--no-fusion"], None)):
+        out = subprocess.run([sys.executable, "-m", "lbnl.cli", "rerank", "--model", str(fused), "--device", "cpu",
+                              "-q", QUERY, "-d", str(docs), "--json", *flags], capture_output=True, text=True,
+                             timeout=300)
+        assert out.returncode == 0, out.stderr
+        got = {r["index"]: r["relevance_score"] for r in map(json.loads, out.stdout.splitlines())}
+        want = Reranker.from_pretrained(fused, device="cpu", fuse_bm25=fuse_bm25)
+        np.testing.assert_allclose([got[i] for i in range(len(DOCS))], scores(want), atol=1e-5)
     meta = json.loads((fused / ADAPTER_FILE).read_text())
     (fused / ADAPTER_FILE).write_text(json.dumps({**meta, "fuse_bm25": "high"}))
     with pytest.raises(CheckpointError, match="fuse_bm25 must be a number"):

@@ -35,6 +35,17 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the checkpoint's, "
                         "float32 on a CPU without fast bf16)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
+    parser.add_argument("--no-fusion", action="store_true",
+                        help="the model's own scores, even when the checkpoint ships fused with BM25 over "
+                             "the request's documents (as lbnl-small does)")
+
+
+def model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``Reranker.from_pretrained`` keywords from the :func:`add_model_arguments` flags."""
+    options: dict[str, Any] = {"dtype": args.dtype, "device": args.device}
+    if args.no_fusion:
+        options["fuse_bm25"] = None
+    return options
 
 
 def read_documents(source: str) -> list[str]:
@@ -74,7 +85,7 @@ def _run_rerank(args: argparse.Namespace) -> int:
     from .reranker import Reranker
 
     documents = read_documents(args.documents)
-    reranker = Reranker.from_pretrained(args.model, dtype=args.dtype, device=args.device)
+    reranker = Reranker.from_pretrained(args.model, **model_options(args))
     results = reranker.rerank(args.query, documents, top_n=args.top_n, max_query_length=args.max_query_length,
                               max_doc_length=args.max_doc_length, instruction=args.instruction)
     if args.json:

@@ -37,6 +37,7 @@ class BatchSettings:
         max_query_length: query tokens kept.
         max_doc_length: tokens kept per document.
         instruction: optional instruction placed in every prompt.
+        no_fusion: the model's own scores, even when the checkpoint ships fused with candidate BM25.
     """
 
     model: str | None = None
@@ -47,6 +48,7 @@ class BatchSettings:
     max_query_length: int = 512
     max_doc_length: int = 2048
     instruction: str | None = None
+    no_fusion: bool = False
 
     def check(self) -> None:
         for name in ("batch_size", "max_query_length", "max_doc_length", "top_n"):
@@ -99,7 +101,8 @@ def load_reranker(settings: BatchSettings, threads: int | None = None) -> Any:
 
     if threads is not None:
         torch.set_num_threads(max(1, int(threads)))
-    return Reranker.from_pretrained(settings.model, dtype=settings.dtype, device=settings.device)
+    options = {"fuse_bm25": None} if settings.no_fusion else {}
+    return Reranker.from_pretrained(settings.model, dtype=settings.dtype, device=settings.device, **options)
 
 
 def rerank_chunk(reranker: Any, rows: pa.Table, settings: BatchSettings) -> pa.Table:

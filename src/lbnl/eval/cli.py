@@ -57,10 +57,11 @@ def _run_eval(args: argparse.Namespace) -> int:
     dataset = load_beir(args.data, args.split)
     scorer = None
     if not first_stage_only:
+        from ..cli import model_options
         from ..reranker import Reranker
         from .scorers import LBNLScorer
 
-        reranker = Reranker.from_pretrained(args.model, dtype=args.dtype, device=args.device)
+        reranker = Reranker.from_pretrained(args.model, **model_options(args))
         scorer = LBNLScorer(reranker, max_doc_length=args.max_doc_length, max_query_length=args.max_query_length,
                             block_size=args.block_size, pointwise=args.pointwise, instruction=args.instruction)
     model_name = None if scorer is None else str(scorer.reranker.name)

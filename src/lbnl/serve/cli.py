@@ -26,10 +26,10 @@ def _run_serve(args: argparse.Namespace) -> int:
         batch_delay_ms=args.test_batch_delay_ms,
     )
     settings.check()
+    from ..cli import model_options
     from ..reranker import Reranker
 
-    reranker = Reranker.from_pretrained(args.model, dtype=args.dtype, device=args.device,
-                                        max_batch_tokens=settings.max_batch_tokens)
+    reranker = Reranker.from_pretrained(args.model, **model_options(args), max_batch_tokens=settings.max_batch_tokens)
     serve(reranker, settings, host=args.host, port=args.port, log_level=args.log_level,
           access_log=not args.no_access_log, max_connections=args.max_connections)
     return 0
