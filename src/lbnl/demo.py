@@ -18,6 +18,8 @@ def main() -> int:
     try:
         reranker = Reranker.from_pretrained()
         note = "the built-in default model, lbnl-small"
+        if reranker.fuse_bm25 is not None:
+            note += f" (fused with BM25 over these documents, model weight {reranker.fuse_bm25:g})"
     except CheckpointError as exc:
         from .models.random_init import build_random_checkpoint
 
