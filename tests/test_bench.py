@@ -11,6 +11,7 @@ import pytest
 
 from lbnl.benchmark import DecoderShape, Loader, PathSpec, Workload, build_inputs, prompt_lengths, run_workload
 from lbnl.errors import InvalidInputError
+from lbnl.model import cpu_has_fast_bf16
 from lbnl.models.random_init import QWEN3_0_6B
 
 
@@ -91,7 +92,10 @@ def test_bad_workloads_are_rejected(text: str) -> None:
 def test_path_specs() -> None:
     spec = PathSpec.parse("lbnl:block=8:int8:hf")
     assert (spec.block_size, spec.quantize, spec.fast_forward, spec.kind) == (8, "int8", False, "lbnl")
-    assert PathSpec.parse("fastest").quantize == "int8"
+    fastest = PathSpec.parse("fastest")
+    assert (fastest.block_size, fastest.quantize, fastest.dtype) == (
+        (16, None, "bfloat16") if cpu_has_fast_bf16() else (16, "int8", "float32"))
+    assert PathSpec.parse("default-bf16").dtype == "bfloat16" and PathSpec.parse("default").dtype == "float32"
     assert PathSpec.parse("reference-bf16").dtype == "bfloat16"
     with pytest.raises(InvalidInputError, match="unknown"):
         PathSpec.parse("lbnl:turbo")

@@ -40,6 +40,25 @@ def test_rerank_table_and_json(tiny_checkpoint: Path, tiny_reranker, docs_file: 
     assert [r["relevance_score"] for r in rows] == pytest.approx([r.relevance_score for r in expected], abs=1e-5)
 
 
+def test_rerank_preset_flag(tiny_checkpoint: Path, docs_file: Path) -> None:
+    """``--preset`` reaches ``Reranker.from_pretrained``: fast reads up to 16 documents per prompt."""
+    from lbnl import Reranker
+
+    docs = [f"document {i} about tea and {'coffee ' * (i % 5)}" for i in range(20)]
+    path = docs_file.parent / "twenty.txt"
+    path.write_text("\n".join(docs) + "\n")
+    out = run("rerank", "--model", str(tiny_checkpoint), "-q", "tea", "-d", str(path), "--json", "--preset", "fast",
+              "--dtype", "float32")
+    assert out.returncode == 0, out.stderr
+    got = {r["index"]: r["relevance_score"] for r in map(json.loads, out.stdout.splitlines())}
+    want = Reranker.from_pretrained(tiny_checkpoint, device="cpu", preset="fast", dtype="float32").rerank("tea", docs)
+    assert [got[r.index] for r in want] == pytest.approx([r.relevance_score for r in want], abs=1e-5)
+    spec = Reranker.from_pretrained(tiny_checkpoint, device="cpu", dtype="float32").rerank("tea", docs)
+    assert max(abs(got[r.index] - r.relevance_score) for r in spec) > 1e-4  # 16 per prompt changes the scores
+    bad = run("rerank", "--model", str(tiny_checkpoint), "-q", "tea", "-d", str(path), "--preset", "turbo")
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_rerank_plain_text_from_stdin(tiny_checkpoint: Path) -> None:
     out = run("rerank", "--model", str(tiny_checkpoint), "-q", "tea", "-d", "-", "--json",
               stdin="first line\n\nsecond line\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from lbnl import CheckpointError, InvalidInputError, Reranker
-from lbnl.model import fast_path_supported, quantize_int8
+from lbnl.model import cpu_has_fast_bf16, fast_path_supported, quantize_int8
 from lbnl.models import load_checkpoint
 from lbnl.models.random_init import build_random_checkpoint
 from lbnl.prompt import build_prompt
@@ -65,6 +66,47 @@ def test_encode_equals_plain_forward(family_checkpoint: Path) -> None:
         got_docs, got_query = model.encode([cut[0][shared:]], prefix=state)
     np.testing.assert_allclose(docs[0].numpy(), got_docs[0].numpy(), atol=1e-5)
     np.testing.assert_allclose(query[0].numpy(), got_query[0].numpy(), atol=1e-5)
+
+
+def _encode_matches_forward(model, rows: list[list[int]]) -> None:
+    ids = torch.zeros((len(rows), max(map(len, rows))), dtype=torch.long)
+    for n, r in enumerate(rows):
+        ids[n, : len(r)] = torch.tensor(r)
+    with torch.inference_mode():
+        (want,), query = model(ids)
+        (got,), got_query = model.encode(rows)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5)
+    np.testing.assert_allclose(got_query.numpy(), query.numpy(), atol=1e-5)
+
+
+def test_joined_mlp_weights_follow_every_weight_change(tiny_checkpoint: Path) -> None:
+    """The fast path joins gate and up projections into one matrix; in-place updates, replaced weights and
+    dtype changes must all reach it."""
+    model, tok = load_checkpoint(tiny_checkpoint, device="cpu")
+    rows = [tok(build_prompt("green tea", make_docs(3, seed=4)))["input_ids"]]
+    _encode_matches_forward(model, rows)
+    mlp = model.backbone.layers[0].mlp
+    joined = mlp._lbnl_gate_up
+    assert mlp.gate_proj.weight.data_ptr() == joined.data_ptr()  # a view: no second copy of the weights
+    with torch.no_grad():
+        mlp.up_proj.weight.mul_(1.5)
+    _encode_matches_forward(model, rows)
+    mlp.gate_proj.weight = torch.nn.Parameter(torch.randn_like(mlp.gate_proj.weight), requires_grad=False)
+    _encode_matches_forward(model, rows)
+    assert mlp._lbnl_gate_up is not joined
+    state = copy.deepcopy(model.state_dict())
+    model.to(torch.bfloat16).to(torch.float32)
+    model.load_state_dict(state)
+    _encode_matches_forward(model, rows)
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="torch.compile needs a C++ compiler")
+def test_compiled_kernels_give_the_same_scores(tiny_checkpoint: Path) -> None:
+    model, tok = load_checkpoint(tiny_checkpoint, device="cpu")
+    docs = make_docs(12, seed=5)
+    eager = in_input_order(Reranker(model, tok).rerank("green tea", docs))
+    compiled = in_input_order(Reranker(model.compile_kernels(), tok).rerank("green tea", docs))
+    np.testing.assert_allclose(compiled, eager, atol=1e-5)
 
 
 def test_default_scores_match_the_official_style_reference(family_checkpoint: Path) -> None:
@@ -123,7 +165,13 @@ def test_presets_and_int8(tiny_checkpoint: Path, tmp_path: Path) -> None:
     fast = Reranker.from_pretrained(tiny_checkpoint, device="cpu", preset="fast")
     assert fast.block_size == PRESETS["fast"].block_size and fast.model.quantized is None
     assert Reranker.from_pretrained(tiny_checkpoint, device="cpu", preset="fast", block_size=5).block_size == 5
-    fastest = Reranker.from_pretrained(tiny_checkpoint, device="cpu", preset="fastest")
+    bf16_or_int8 = Reranker.from_pretrained(tiny_checkpoint, device="cpu", preset="fastest")
+    assert bf16_or_int8.block_size == 16
+    if cpu_has_fast_bf16():
+        assert bf16_or_int8.model.dtype == torch.bfloat16 and bf16_or_int8.model.quantized is None
+    else:
+        assert bf16_or_int8.model.quantized == "int8"
+    fastest = Reranker.from_pretrained(tiny_checkpoint, device="cpu", preset="fastest", dtype="float32")
     assert fastest.model.quantized == "int8"
     assert type(fastest.model.backbone.layers[0].mlp.up_proj).__module__.startswith("torch.ao.nn.quantized")
     docs = make_docs(20, seed=9)

@@ -138,6 +138,25 @@ def test_pointwise_full_finetune_in_batch_negatives_bf16_and_checkpointing(tiny_
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
 
 
+def test_a_pointwise_run_is_validated_pointwise(tiny_checkpoint: Path, planted: Path, tmp_path: Path) -> None:
+    """Validation reads a pointwise model as inference will: each candidate alone in its own prompt."""
+    from lbnl.train.loop import ndcg_at_10
+
+    config = load_config(None, overrides(tiny_checkpoint, planted, tmp_path / "pw", "mode=pointwise",
+                                         "model.autocast=off", "optim.max_steps=1", "data.validation_queries=6",
+                                         "run.eval_at_start=false", "run.save_adapter=false", "run.save_full=false"))
+    trainer = Trainer(config)
+    trainer.run()
+    val = trainer.data.validation
+    alone = Reranker(trainer.model.inference_copy(), trainer.tokenizer)
+    ranked = {}
+    for q in val:
+        lone = [alone.rerank(q.query, [trainer.data.docs[d]])[0].relevance_score for d in q.candidates]
+        ranked[q.query_id] = [q.candidates[i] for i in sorted(range(len(lone)), key=lambda i: -lone[i])]
+    want = ndcg_at_10(ranked, {q.query_id: q.qrels for q in val})
+    assert trainer.validate()["ndcg@10"] == pytest.approx(want, abs=1e-9)
+
+
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_checkpoint: Path, planted: Path, tmp_path: Path) -> None:
     from lbnl.train.data import collate
 

@@ -185,6 +185,24 @@ def test_adapter_scores_equal_the_merged_model(tiny_checkpoint: Path, tmp_path: 
     assert np.abs(np.array(scores(plain)) - np.array(scores(full))).max() > 1e-3  # the adapter does something
 
 
+def test_inference_copy_scores_as_the_merged_model_and_leaves_training_alone(tiny_checkpoint: Path) -> None:
+    base = load_base(tiny_checkpoint)
+    model = TrainableLBNL(base.model, base_vocab_size=base.base_vocab_size)
+    perturb(model)
+    before = {k: v.clone() for k, v in model.trainable_state().items()}
+    copy = model.inference_copy()
+    assert copy.fast_path and not any(p.requires_grad for p in copy.parameters())
+    live = scores(Reranker(copy, base.tokenizer))
+    half = model.inference_copy(torch.bfloat16)
+    assert half.dtype == torch.bfloat16
+    np.testing.assert_allclose(scores(Reranker(half, base.tokenizer)), live, atol=5e-2)
+    state = model.trainable_state()
+    assert set(state) == set(before) and all(torch.equal(v, before[k]) for k, v in state.items())
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == sum(v.numel() for v in state.values())
+    assert model.lbnl.backbone is not copy.backbone
+    np.testing.assert_allclose(live, scores(Reranker(model.merged(), base.tokenizer)), atol=1e-5)
+
+
 def test_a_pointwise_adapter_is_read_pointwise(tiny_checkpoint: Path, tmp_path: Path) -> None:
     base = load_base(tiny_checkpoint)
     model = TrainableLBNL(base.model, base_vocab_size=base.base_vocab_size)

@@ -14,11 +14,14 @@ Paths (``--paths``, comma-separated):
   ``AutoModelForCausalLM`` forward with ``output_hidden_states=True, use_cache=False`` over one
   left-padded prompt per block of 125 documents, the last hidden state read at the special
   tokens, the projector, the block-weighted merge.
-- ``hf``: lbnl's reranker with ``fast_forward=False`` (the plain transformers forward).
-- ``default``, ``fast``, ``fastest``: lbnl's presets (:data:`lbnl.reranker.PRESETS`).
+- ``hf``: lbnl's reranker with ``fast_forward=False`` (the plain transformers forward), float32.
+- ``default``, ``fast``, ``fastest``: lbnl's presets (:data:`lbnl.reranker.PRESETS`); ``default`` and
+  ``fast`` in float32, ``fastest`` with the weights it picks on this machine (bf16 with AMX, else int8).
+- ``default-bf16``, ``fast-bf16``: the same in bfloat16 (what ``default`` computes for the official
+  bf16 checkpoint on a CPU with AMX or AVX512-BF16).
 - ``pointwise``: one prompt per document, as separate queries in one batched call.
 - custom: ``lbnl:opt:opt...`` with options ``block=N``, ``int8``, ``bf16``, ``hf``, ``pointwise``,
-  ``compile`` (``torch.compile`` of each layer's MLP and norms).
+  ``compile`` (``torch.compile`` of the fast path's norms and SiLU product).
 
 Model FLOPs of a prompt of T tokens (the work a plain decoder forward needs; no LM head):
 ``layers * (2 * P * T + 2 * H * d * T * (T + 1))``, where P is the matmul parameters of one layer
@@ -50,13 +53,15 @@ from .errors import InvalidInputError
 #: The issue's workloads: queries x documents x tokens per document.
 DEFAULT_WORKLOADS = ("1x20x256", "1x100x128", "16x20x128")
 QUICK_WORKLOADS = ("1x6x48", "1x20x16", "3x4x24")
-DEFAULT_PATHS = ("reference-fp32", "reference-bf16", "hf", "default", "fast", "fastest")
+DEFAULT_PATHS = ("reference-fp32", "reference-bf16", "hf", "default", "default-bf16", "fast-bf16", "fastest")
 ALIASES = {
     "reference-fp32": "reference:fp32",
     "reference-bf16": "reference:bf16",
     "hf": "lbnl:hf",
     "default": "lbnl",
+    "default-bf16": "lbnl:bf16",
     "fast": "lbnl:preset=fast",
+    "fast-bf16": "lbnl:preset=fast:bf16",
     "fastest": "lbnl:preset=fastest",
     "pointwise": "lbnl:pointwise",
     "pointwise-hf": "lbnl:pointwise:hf",
@@ -308,7 +313,7 @@ class PathSpec:
 
     @classmethod
     def parse(cls, text: str) -> "PathSpec":
-        from .reranker import PRESETS
+        from .reranker import PRESETS, fastest_weights
 
         spec = ALIASES.get(text, text)
         kind, *options = spec.split(":")
@@ -333,6 +338,9 @@ class PathSpec:
                 path.block_size = int(value)
             elif key == "preset" and kind == "lbnl" and value in PRESETS:
                 path.block_size, path.quantize = PRESETS[value].block_size, PRESETS[value].quantize
+                if path.quantize == "auto":
+                    quantize, dtype = fastest_weights("cpu", None)
+                    path.quantize, path.dtype = quantize, dtype or path.dtype
             else:
                 raise InvalidInputError(f"path {text!r}: unknown option {option!r}")
         return path
@@ -444,12 +452,6 @@ def materialize(module: Any) -> None:
             tensor.data = tensor.data.clone()
 
 
-def _compile_layers(backbone: Any) -> None:
-    for layer in backbone.layers:
-        for name in ("mlp", "input_layernorm", "post_attention_layernorm"):
-            getattr(layer, name).compile(dynamic=True)
-
-
 class Loader:
     """Loads each model once per (kind, dtype, quantization, compile) and hands out scorers."""
 
@@ -496,7 +498,7 @@ class Loader:
             if spec.quantize == "int8":
                 quantize_int8(model)
             if spec.compile:
-                _compile_layers(model.backbone)
+                model.compile_kernels()
             return model, tokenizer
 
         model, tokenizer = self._load(self.key(spec), build)

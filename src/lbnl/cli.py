@@ -35,6 +35,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the checkpoint's, "
                         "float32 on a CPU without fast bf16)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
+    parser.add_argument("--preset", default=None, choices=("default", "fast", "fastest"),
+                        help="speed preset: default (the spec's scores), fast (16 documents per prompt), fastest "
+                             "(16 per prompt, bf16 on CPUs with AMX and on GPUs, int8 on other CPUs); "
+                             "see docs/performance.md")
     parser.add_argument("--no-fusion", action="store_true",
                         help="the model's own scores, even when the checkpoint ships fused with BM25 over "
                              "the request's documents (as lbnl-small does)")
@@ -42,7 +46,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def model_options(args: argparse.Namespace) -> dict[str, Any]:
     """``Reranker.from_pretrained`` keywords from the :func:`add_model_arguments` flags."""
-    options: dict[str, Any] = {"dtype": args.dtype, "device": args.device}
+    options: dict[str, Any] = {"dtype": args.dtype, "device": args.device, "preset": args.preset}
     if args.no_fusion:
         options["fuse_bm25"] = None
     return options

@@ -169,18 +169,95 @@ class PrefixState:
         return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary position embedding, the rotate-half form of Llama and Qwen (``x``: [batch, heads, tokens, dim])."""
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+def _signed_sin(sin: torch.Tensor) -> torch.Tensor:
+    """``sin`` with its first half negated: rotate_half(x) * sin == swap_halves(x) * signed_sin."""
+    half = sin.shape[-1] // 2
+    return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding, the rotate-half form of Llama and Qwen, on ``x`` in token layout
+    [batch, tokens, heads, dim]: one multiply and one fused multiply-add over contiguous memory (the
+    rotate-half form over a transposed view costs three times as much on a CPU)."""
     half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+    swapped = x.view(*x.shape[:-1], 2, half).flip(-2).view_as(x)
+    return torch.addcmul(x * cos.unsqueeze(2), swapped, signed_sin.unsqueeze(2))
 
 
-def _heads(attn: nn.Module, proj: nn.Module, norm: str, x: torch.Tensor) -> torch.Tensor:
+def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """The RMSNorm of Llama-family models: normalised in float32, cast back, scaled by the weight."""
+    return weight * torch.nn.functional.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+
+
+def _silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    gate, up = gate_up.chunk(2, dim=-1)
+    return torch.nn.functional.silu(gate).mul_(up)
+
+
+_KERNELS: dict[str, Any] = {"rms": _rms, "silu_mul": _silu_mul}
+_COMPILED: dict[str, Any] = {}
+
+
+def _kernel(name: str, compiled: bool) -> Any:
+    """An elementwise kernel of the fast path, eager or through ``torch.compile`` (compiled once per process,
+    dynamic shapes, shared by every layer and model)."""
+    if not compiled:
+        return _KERNELS[name]
+    if name not in _COMPILED:
+        _COMPILED[name] = torch.compile(_KERNELS[name], dynamic=True)
+    return _COMPILED[name]
+
+
+def _norm(norm: nn.Module, x: torch.Tensor, compiled: bool = False) -> torch.Tensor:
+    """``norm(x)`` for the RMSNorm of Llama-family models through the fused kernel: the same float32
+    arithmetic (bit-identical results), half the time on a CPU, a third for the per-head norms of Qwen3."""
+    eps = getattr(norm, "variance_epsilon", None)
+    if not type(norm).__name__.endswith("RMSNorm") or eps is None or getattr(norm, "weight", None) is None:
+        return norm(x)
+    return _kernel("rms", compiled)(x, norm.weight, eps)
+
+
+def _heads(attn: nn.Module, proj: nn.Module, norm: str, x: torch.Tensor, cos: torch.Tensor,
+           signed_sin: torch.Tensor, compiled: bool = False) -> torch.Tensor:
+    """Projected, normed, rotated heads as [batch, heads, tokens, dim] (a transposed view)."""
     y = proj(x).view(*x.shape[:-1], -1, attn.head_dim)
     if getattr(attn, norm, None) is not None:
-        y = getattr(attn, norm)(y)
-    return y.transpose(1, 2)
+        y = _norm(getattr(attn, norm), y, compiled)
+    return _rotate(y, cos, signed_sin).transpose(1, 2)
+
+
+def _gate_up_weight(mlp: nn.Module) -> torch.Tensor | None:
+    """The gate and up projections of a SiLU-gated MLP as one [2 * inner, hidden] matrix, or ``None``.
+
+    The two weights are made views into the joined matrix, so in-place updates and ``load_state_dict``
+    keep it current and no memory is duplicated; anything that replaces a weight is detected by address.
+    """
+    gate, up = getattr(mlp, "gate_proj", None), getattr(mlp, "up_proj", None)
+    if type(gate) is not nn.Linear or type(up) is not nn.Linear or gate.bias is not None or up.bias is not None:
+        return None
+    if type(getattr(mlp, "act_fn", None)).__name__ not in ("SiLU", "SiLUActivation"):
+        return None
+    joined = getattr(mlp, "_lbnl_gate_up", None)
+    g, u = gate.weight, up.weight
+    if (joined is not None and joined.dtype == g.dtype and joined.device == g.device
+            and g.data_ptr() == joined.data_ptr() and u.data_ptr() == joined[g.shape[0]:].data_ptr()):
+        return joined
+    if g.requires_grad and torch.is_grad_enabled():
+        return None
+    with torch.no_grad():
+        joined = torch.cat([g.detach(), u.detach()], dim=0)
+        gate.weight.data = joined[: g.shape[0]]
+        up.weight.data = joined[g.shape[0]:]
+    mlp._lbnl_gate_up = joined
+    return joined
+
+
+def _mlp(mlp: nn.Module, x: torch.Tensor, compiled: bool = False) -> torch.Tensor:
+    """``mlp(x)``; a SiLU-gated MLP runs its gate and up projections as one matmul, SiLU and product in place."""
+    joined = _gate_up_weight(mlp)
+    if joined is None:
+        return mlp(x)
+    return mlp.down_proj(_kernel("silu_mul", compiled)(torch.nn.functional.linear(x, joined)))
 
 
 def _decode(
@@ -189,6 +266,7 @@ def _decode(
     prefix: PrefixState | None = None,
     select: Sequence[Sequence[int]] | None = None,
     keep_kv: bool = False,
+    compiled: bool = False,
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
     """The decoder forward of a Llama-family backbone over prompts packed end to end, without padding.
 
@@ -199,6 +277,7 @@ def _decode(
     mask); with ``select`` (positions per row) the last layer computes queries, MLP and final
     norm only at those positions. Returns [tokens, hidden] (the selected tokens, row by row, when
     ``select`` is given) and, with ``keep_kv``, every layer's keys and values of the new tokens.
+    ``compiled`` runs the norms and the SiLU product through ``torch.compile``.
     """
     F = torch.nn.functional
     device = backbone.get_input_embeddings().weight.device
@@ -211,6 +290,7 @@ def _decode(
     positions = torch.cat([torch.arange(start, start + n, device=device) for n in lengths]).unsqueeze(0)
     hidden = backbone.get_input_embeddings()(ids)
     cos, sin = backbone.rotary_emb(hidden, positions)
+    sin = _signed_sin(sin)
     if select is not None:
         picked = torch.tensor([bounds[i] + p for i, row in enumerate(select) for p in row], device=device)
         picked_bounds = [0]
@@ -221,8 +301,8 @@ def _decode(
     layers = backbone.layers
     for i, layer in enumerate(layers):
         attn = layer.self_attn
-        x = layer.input_layernorm(hidden)
-        k = _rotate(_heads(attn, attn.k_proj, "k_norm", x), cos, sin)
+        x = _norm(layer.input_layernorm, hidden, compiled)
+        k = _heads(attn, attn.k_proj, "k_norm", x, cos, sin, compiled)
         v = attn.v_proj(x).view(1, x.shape[1], -1, attn.head_dim).transpose(1, 2)
         if keep_kv:
             keys_out.append(k)
@@ -230,9 +310,9 @@ def _decode(
         last = select is not None and i == len(layers) - 1
         if last:
             hidden, x = hidden[:, picked], x[:, picked]
-            q = _rotate(_heads(attn, attn.q_proj, "q_norm", x), cos[:, picked], sin[:, picked])
+            q = _heads(attn, attn.q_proj, "q_norm", x, cos[:, picked], sin[:, picked], compiled)
         else:
-            q = _rotate(_heads(attn, attn.q_proj, "q_norm", x), cos, sin)
+            q = _heads(attn, attn.q_proj, "q_norm", x, cos, sin, compiled)
         gqa = q.shape[1] != k.shape[1]
         outs = []
         for r in range(len(rows)):
@@ -253,8 +333,8 @@ def _decode(
             outs.append(out[:, :, start:] if start else out)
         out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
         hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(*hidden.shape[:-1], -1))
-        hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-    return backbone.norm(hidden)[0], keys_out, values_out
+        hidden = hidden + _mlp(layer.mlp, _norm(layer.post_attention_layernorm, hidden, compiled), compiled)
+    return _norm(backbone.norm, hidden, compiled)[0], keys_out, values_out
 
 
 def quantize_int8(model: "LBNLModel") -> "LBNLModel":
@@ -282,6 +362,8 @@ class LBNLModel(nn.Module):
         self.embed_token_id = embed_token_id
         self.rerank_token_id = rerank_token_id
         self.quantized: str | None = None
+        #: Run the fast path's norms and SiLU product through ``torch.compile`` (see :meth:`compile_kernels`).
+        self.compiled = False
 
     @property
     def config(self) -> Any:
@@ -299,6 +381,13 @@ class LBNLModel(nn.Module):
     def fast_path(self) -> bool:
         """Whether :meth:`encode` runs lbnl's own decoder loop (prefix reuse, last-layer pruning)."""
         return fast_path_supported(self.backbone)
+
+    def compile_kernels(self) -> "LBNLModel":
+        """Fuse the fast path's elementwise work (RMSNorms, SiLU product) with ``torch.compile``: about 10% faster
+        on a CPU after a one-off compilation of some seconds per process; needs a C++ compiler. Scores move by
+        float rounding only."""
+        self.compiled = True
+        return self
 
     @classmethod
     def from_pretrained(
@@ -393,7 +482,7 @@ class LBNLModel(nn.Module):
             raise ValueError("the base state is not a prefix of ids")
         if start == len(ids) and base is not None:
             return base
-        _, keys, values = _decode(self.backbone, [ids[start:]], prefix=base, keep_kv=True)
+        _, keys, values = _decode(self.backbone, [ids[start:]], prefix=base, keep_kv=True, compiled=self.compiled)
         if base is not None:
             keys = [torch.cat([a, b], dim=2) for a, b in zip(base.keys, keys)]
             values = [torch.cat([a, b], dim=2) for a, b in zip(base.values, values)]
@@ -428,7 +517,7 @@ class LBNLModel(nn.Module):
                 raise ValueError("every prompt must hold exactly one rerank token")
             select.append(docs_at + query_at)
             counts.append(len(docs_at))
-        hidden, _, _ = _decode(self.backbone, rows, prefix=prefix, select=select)
+        hidden, _, _ = _decode(self.backbone, rows, prefix=prefix, select=select, compiled=self.compiled)
         projected = self.project(hidden)
         docs, queries, at = [], [], 0
         for n in counts:

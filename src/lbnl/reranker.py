@@ -42,8 +42,22 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "default": Preset(DEFAULT_BLOCK_SIZE, None, "the spec: up to 125 documents per prompt, exact scores"),
     "fast": Preset(16, None, "16 documents per prompt: less attention, different scores"),
-    "fastest": Preset(16, "int8", "16 documents per prompt and int8 linear layers (CPU, float32)"),
+    "fastest": Preset(16, "auto", "16 documents per prompt and the fastest weights for the device: bf16 on GPUs "
+                                  "and on CPUs with AMX or AVX512-BF16, int8 linear layers on other CPUs"),
 }
+
+
+def fastest_weights(device: str | torch.device | None, dtype: str | torch.dtype | None) -> tuple[str | None, Any]:
+    """``(quantize, dtype)`` of the ``fastest`` preset: bf16 where it is native (GPUs, AMX / AVX512-BF16
+    CPUs), int8 dynamic quantization of a float32 model on other CPUs; an explicit ``dtype`` is kept."""
+    from .model import cpu_has_fast_bf16, resolve_device
+
+    on_cpu = resolve_device(device).type == "cpu"
+    if dtype is not None:
+        return ("int8" if on_cpu and str(dtype).removeprefix("torch.") in ("float32", "fp32", "float") else None), dtype
+    if not on_cpu or cpu_has_fast_bf16():
+        return None, "bfloat16"
+    return "int8", None
 
 #: Shared prompt heads shorter than this are not worth a separate pass.
 MIN_PREFIX_TOKENS = 16
@@ -240,6 +254,8 @@ class Reranker:
             raise InvalidInputError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
         settings = PRESETS[preset or "default"]
         quantize = quantize if quantize is not None else settings.quantize
+        if quantize == "auto":
+            quantize, dtype = fastest_weights(device, dtype)
         if quantize not in (None, "none", "int8"):
             raise InvalidInputError(f"unknown quantization {quantize!r}; use int8 or none")
         kwargs.setdefault("block_size", settings.block_size)

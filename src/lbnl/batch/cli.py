@@ -13,7 +13,7 @@ def _run(args: argparse.Namespace) -> int:
     from .job import BatchSettings, run_batch
 
     settings = BatchSettings(
-        model=args.model, dtype=args.dtype, device=args.device, no_fusion=args.no_fusion,
+        model=args.model, dtype=args.dtype, device=args.device, no_fusion=args.no_fusion, preset=args.preset,
         batch_size=args.batch_size, top_n=args.top_n,
         max_query_length=args.max_query_length, max_doc_length=args.max_doc_length, instruction=args.instruction,
     )

@@ -38,6 +38,7 @@ class BatchSettings:
         max_doc_length: tokens kept per document.
         instruction: optional instruction placed in every prompt.
         no_fusion: the model's own scores, even when the checkpoint ships fused with candidate BM25.
+        preset: ``default``, ``fast`` or ``fastest`` (:data:`lbnl.reranker.PRESETS`; ``None``: default).
     """
 
     model: str | None = None
@@ -49,6 +50,7 @@ class BatchSettings:
     max_doc_length: int = 2048
     instruction: str | None = None
     no_fusion: bool = False
+    preset: str | None = None
 
     def check(self) -> None:
         for name in ("batch_size", "max_query_length", "max_doc_length", "top_n"):
@@ -102,7 +104,8 @@ def load_reranker(settings: BatchSettings, threads: int | None = None) -> Any:
     if threads is not None:
         torch.set_num_threads(max(1, int(threads)))
     options = {"fuse_bm25": None} if settings.no_fusion else {}
-    return Reranker.from_pretrained(settings.model, dtype=settings.dtype, device=settings.device, **options)
+    return Reranker.from_pretrained(settings.model, dtype=settings.dtype, device=settings.device,
+                                    preset=settings.preset, **options)
 
 
 def rerank_chunk(reranker: Any, rows: pa.Table, settings: BatchSettings) -> pa.Table:

@@ -237,6 +237,8 @@ def _coerce(key: str, value: Any, hint: Any, choices: tuple[str, ...] | None) ->
                                     f"got {value!r}") from None
         return number
     if hint is str:
+        if isinstance(value, bool) and choices and ("on" if value else "off") in choices:
+            value = "on" if value else "off"  # YAML reads a bare off / on as a boolean
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise InvalidInputError(f"{key}: expected a string, got {value!r}")
         value = str(value)

@@ -89,6 +89,19 @@ def _use_bf16(mode: str, device: torch.device) -> bool:
     return device.type == "cpu" and cpu_has_fast_bf16()
 
 
+def _release_memory() -> None:
+    """Free the validation copy now and hand freed heap back to the OS (glibc), so that the resident size of
+    a long CPU run does not ratchet up by a model copy at every validation."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in d.items():
@@ -225,7 +238,8 @@ class Trainer:
     # ---- validation --------------------------------------------------------------------------
 
     def validate(self) -> dict[str, Any]:
-        """nDCG@10 on the held-out training queries (inference prompts, no early query token)."""
+        """nDCG@10 on the held-out training queries, read as inference reads the model: inference prompts
+        (no early query token), one prompt per document for a pointwise run, the fast path on a merged copy."""
         from ..reranker import Reranker
 
         val = self.data.validation
@@ -235,16 +249,16 @@ class Trainer:
         qrels = {q.query_id: q.qrels for q in val}
         if self._first_stage is None:
             self._first_stage = ndcg_at_10({q.query_id: list(q.candidates) for q in val}, qrels)
-        self.model.eval()
-        reranker = Reranker(self.model.lbnl, self.tokenizer)
         start = time.perf_counter()
-        with self._autocast():
-            results = reranker.rerank_many(
-                [q.query for q in val], [[self.data.docs[d] for d in q.candidates] for q in val],
-                max_query_length=data.max_query_tokens, max_doc_length=data.max_doc_tokens,
-                instruction=data.instruction)
+        model = self.model.inference_copy(torch.bfloat16 if self.bf16 else None)
+        reranker = Reranker(model, self.tokenizer, pointwise=self.config.mode == "pointwise")
+        results = reranker.rerank_many(
+            [q.query for q in val], [[self.data.docs[d] for d in q.candidates] for q in val],
+            max_query_length=data.max_query_tokens, max_doc_length=data.max_doc_tokens,
+            instruction=data.instruction)
         ranked = {q.query_id: [q.candidates[r.index] for r in res] for q, res in zip(val, results)}
-        self.model.train()
+        del model, reranker, results
+        _release_memory()
         return {"type": "validation", "step": self.step, "ndcg@10": ndcg_at_10(ranked, qrels),
                 "first_stage_ndcg@10": self._first_stage, "queries": len(val),
                 "seconds": time.perf_counter() - start}
@@ -365,7 +379,8 @@ class Trainer:
             adapter_dir = self.model.save_adapter(
                 self.out / "adapter", base=self._adapter_base(), tokenizer=self.tokenizer, base_path=self.base.path,
                 lora_dtype=dtype,
-                extra={"trained_steps": self.step, "mode": self.config.mode})
+                extra={"trained_steps": self.step, "mode": self.config.mode,
+                       "dtype": "bfloat16" if self.bf16 else "float32"})
         merged = self.model.merged()
         if run.save_full:
             if run.save_dtype:
@@ -446,6 +461,7 @@ class Trainer:
                 if (run.save_every and self.step % run.save_every == 0) or last:
                     self.save_checkpoint()
                     plot_log(self.out / LOG_FILE, self.out / PLOT_FILE)
+                    _release_memory()
                 for callback in callbacks:
                     callback(self.step, record)
         except KeyboardInterrupt:

@@ -316,6 +316,26 @@ class TrainableLBNL(nn.Module):
             extra={"dtype": "float32", **(extra or {})},
         )
 
+    def inference_copy(self, dtype: torch.dtype | None = None) -> LBNLModel:
+        """A separate plain :class:`LBNLModel` with the current weights (LoRA merged, token rows written in),
+        in ``dtype`` when given: validation runs it through lbnl's fast inference path, and the model being
+        trained is left untouched."""
+        import copy
+
+        model = copy.deepcopy(self.lbnl)
+        if hasattr(model.backbone, "merge_and_unload"):
+            model.backbone = model.backbone.merge_and_unload()
+        embedding = model.backbone.get_input_embeddings()
+        embedding._forward_hooks.clear()
+        if self.token_rows is not None:
+            with torch.no_grad():
+                embedding.weight[self.token_rows.ids] = self.token_rows.rows.detach().to(embedding.weight.dtype)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        if dtype is not None:
+            model.to(dtype)
+        return model.eval()
+
     def merged(self) -> LBNLModel:
         """The trained model as a plain :class:`LBNLModel` (LoRA merged, token rows written back).
 
