@@ -379,8 +379,7 @@ class Trainer:
             adapter_dir = self.model.save_adapter(
                 self.out / "adapter", base=self._adapter_base(), tokenizer=self.tokenizer, base_path=self.base.path,
                 lora_dtype=dtype,
-                extra={"trained_steps": self.step, "mode": self.config.mode,
-                       "dtype": "bfloat16" if self.bf16 else "float32"})
+                extra={"trained_steps": self.step, "mode": self.config.mode})
         merged = self.model.merged()
         if run.save_full:
             if run.save_dtype:
