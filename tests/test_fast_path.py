@@ -188,3 +188,50 @@ def test_presets_and_int8(tiny_checkpoint: Path, tmp_path: Path) -> None:
     model, _ = load_checkpoint(tiny_checkpoint, dtype="bfloat16", device="cpu")
     with pytest.raises(InvalidInputError, match="float32"):
         quantize_int8(model)
+
+
+@pytest.mark.parametrize("n,start,heads,kv_heads,budget", [
+    (37, 0, 4, 2, 1 << 25),        # one block
+    (300, 0, 4, 4, 4 * 20 * 300),  # blocks of 20 queries
+    (50, 13, 6, 2, 6 * 16 * 63),   # a cached prefix of 13 keys, blocks of the 16-query minimum
+    (1, 5, 4, 2, 1 << 25),         # a single new token
+])
+def test_chunked_attention_equals_causal_sdpa(monkeypatch, n: int, start: int, heads: int, kv_heads: int,
+                                              budget: int) -> None:
+    import lbnl.attention as M
+
+    monkeypatch.setattr(M, "CHUNK_SCORES", budget)
+    q, k, v = torch.randn(n, heads, 8), torch.randn(kv_heads, start + n, 8), torch.randn(kv_heads, start + n, 8)
+    got = M.causal_attention_chunked(q, k, v, 0.3)
+    padded = torch.cat([torch.zeros(1, heads, start, 8), q.transpose(0, 1).unsqueeze(0)], dim=2)
+    want = torch.nn.functional.scaled_dot_product_attention(
+        padded, k.unsqueeze(0), v.unsqueeze(0), is_causal=True, scale=0.3, enable_gqa=True)[0, :, start:]
+    np.testing.assert_allclose(got.numpy(), want.transpose(0, 1).numpy(), atol=1e-5)
+
+
+def test_chunked_attention_kernel_scores_like_sdpa(tiny_checkpoint: Path, monkeypatch) -> None:
+    import lbnl.attention as M
+
+    monkeypatch.setattr(M, "CHUNK_SCORES", 4 * 16 * 64)  # many blocks even on short prompts
+    queries = ["green tea", "coffee prices", "basket league score"]
+    docs = [make_docs(9, seed=s) for s in range(3)]
+    scores = {}
+    for kernel in ("sdpa", "chunked"):
+        rr = Reranker.from_pretrained(tiny_checkpoint, device="cpu", dtype="float32", block_size=4)
+        rr.model.attention = kernel
+        assert rr.model.attention_kernel == kernel
+        scores[kernel] = [in_input_order(r) for r in rr.rerank_many(queries, docs)]
+    np.testing.assert_allclose(scores["chunked"], scores["sdpa"], atol=1e-5)
+
+
+def test_attention_kernel_choice() -> None:
+    from lbnl.attention import resolve_attention
+    from lbnl.runtime import cpu_has_amx
+
+    cpu = torch.device("cpu")
+    assert resolve_attention("auto", torch.float32, cpu) == "sdpa"
+    fast_chunked = cpu_has_fast_bf16() and not cpu_has_amx()
+    assert resolve_attention("auto", torch.bfloat16, cpu) == ("chunked" if fast_chunked else "sdpa")
+    assert resolve_attention("chunked", torch.float32, cpu) == "chunked"
+    with pytest.raises(InvalidInputError, match="attention must be one of"):
+        resolve_attention("flash", torch.float32, cpu)

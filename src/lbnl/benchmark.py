@@ -21,7 +21,12 @@ Paths (``--paths``, comma-separated):
   bf16 checkpoint on a CPU with AMX or AVX512-BF16).
 - ``pointwise``: one prompt per document, as separate queries in one batched call.
 - custom: ``lbnl:opt:opt...`` with options ``block=N``, ``int8``, ``bf16``, ``hf``, ``pointwise``,
-  ``compile`` (``torch.compile`` of the fast path's norms and SiLU product).
+  ``compile`` (``torch.compile`` of the fast path's norms and SiLU product), ``attn=sdpa`` or
+  ``attn=chunked`` (the fast path's attention kernel; default: what ``auto`` picks on this machine).
+
+Every path runs in one process, so they share its C allocator: the bench tunes it first, as lbnl
+does when a reranker is created (:mod:`lbnl.runtime`), and the reference paths profit from that too;
+``LBNL_MALLOC_TUNING=0`` measures everything with the allocator untouched.
 
 Model FLOPs of a prompt of T tokens (the work a plain decoder forward needs; no LM head):
 ``layers * (2 * P * T + 2 * H * d * T * (T + 1))``, where P is the matmul parameters of one layer
@@ -205,7 +210,7 @@ def measure_peaks(cap_seconds: float = 20.0) -> dict[str, Any]:
     emulated, under a time cap) and int8 dynamically quantized linear layers (2048 x 1024 x 3072)."""
     import torch
 
-    from .model import cpu_has_fast_bf16
+    from .model import cpu_has_fast_bf16, resolve_attention
 
     def best(fn: Callable[[], Any], flops: float, reps: int = 5, cap: float = cap_seconds) -> float:
         fn()
@@ -221,7 +226,8 @@ def measure_peaks(cap_seconds: float = 20.0) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(0)
     out: dict[str, Any] = {"cpu": _cpu_name(), "threads": torch.get_num_threads(),
                            "fast_bf16": bool(cpu_has_fast_bf16()) or torch.cuda.is_available(),
-                           "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+                           "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                           "bf16_attention": resolve_attention("auto", torch.bfloat16, torch.device("cpu"))}
     with torch.inference_mode():
         n = 2048
         a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
@@ -310,6 +316,7 @@ class PathSpec:
     fast_forward: bool = True
     pointwise: bool = False
     compile: bool = False
+    attention: str = "auto"
 
     @classmethod
     def parse(cls, text: str) -> "PathSpec":
@@ -334,6 +341,8 @@ class PathSpec:
                 path.pointwise, path.block_size = True, 1
             elif key == "compile" and kind == "lbnl":
                 path.compile = True
+            elif key == "attn" and kind == "lbnl" and value in ("sdpa", "chunked"):
+                path.attention = value
             elif key == "block" and kind == "lbnl" and value.isdigit() and int(value) > 0:
                 path.block_size = int(value)
             elif key == "preset" and kind == "lbnl" and value in PRESETS:
@@ -352,6 +361,7 @@ class PathSpec:
         parts += ["int8"] if self.quantize else []
         parts += ["transformers forward"] if not self.fast_forward else []
         parts += ["torch.compile"] if self.compile else []
+        parts += [f"{self.attention} attention"] if self.attention != "auto" else []
         return "lbnl, " + ", ".join(parts)
 
 
@@ -423,11 +433,13 @@ class ReferenceScorer:
 class LbnlScorer:
     """lbnl's :class:`~lbnl.reranker.Reranker` with a path's settings, all queries in one ``rerank_many`` call."""
 
-    def __init__(self, reranker: Any):
+    def __init__(self, reranker: Any, attention: str = "auto"):
         self.reranker = reranker
         self.tokenizer = reranker.tokenizer
+        self.attention = attention
 
     def score(self, queries: list[str], documents: list[list[str]], max_doc_length: int) -> list[list[float]]:
+        self.reranker.model.attention = self.attention
         results = self.reranker.rerank_many(queries, documents, max_doc_length=max_doc_length)
         aligned = []
         for docs, ranked in zip(documents, results):
@@ -504,7 +516,7 @@ class Loader:
         model, tokenizer = self._load(self.key(spec), build)
         reranker = Reranker(model, tokenizer, block_size=spec.block_size, fast_forward=spec.fast_forward,
                             name=str(self.path), pointwise=spec.pointwise)
-        return LbnlScorer(reranker)
+        return LbnlScorer(reranker, spec.attention)
 
     def release(self, spec: PathSpec) -> None:
         """Forget the models only ``spec`` used (the reference models are large)."""
@@ -682,8 +694,11 @@ def run_bench(model: Path, specs: list[PathSpec], workloads: list[Workload], *, 
     import torch
     from transformers import AutoConfig
 
+    from .runtime import tune_allocator
+
     if threads:
         torch.set_num_threads(threads)
+    tuned = tune_allocator()
     torch.manual_seed(0)
     _log("measuring matmul peaks")
     peaks = measure_peaks()
@@ -695,7 +710,8 @@ def run_bench(model: Path, specs: list[PathSpec], workloads: list[Workload], *, 
     base_rss = _rss()
     report: dict[str, Any] = {
         "command": None,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": peaks, "model": str(model),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": {**peaks, "allocator_tuned": tuned},
+        "model": str(model),
         "shape": asdict(shape), "repeats": repeats, "paths": {s.name: s.describe() for s in specs},
         "flops_formula": "layers * (2 * layer_params * T + 2 * heads * head_dim * T * (T + 1)) per prompt of T tokens",
         "workloads": [],
@@ -718,7 +734,8 @@ def format_report(report: dict[str, Any], markdown: bool = False) -> str:
     m = report["machine"]
     lines = [f"{m['cpu']}, {m['threads']} threads; matmul peaks: fp32 {m['fp32_tflops']} TFLOP/s, "
              f"bf16 {m['bf16_tflops']} TFLOP/s (fast bf16: {m['fast_bf16']}), int8 linear "
-             f"{m['int8_linear_tflops']} TFLOP/s. Model {report['model']} "
+             f"{m['int8_linear_tflops']} TFLOP/s; bf16 attention kernel {m.get('bf16_attention', 'sdpa')}, "
+             f"allocator tuned: {m.get('allocator_tuned', False)}. Model {report['model']} "
              f"({report['shape']['layers']} layers, hidden {report['shape']['hidden']})."]
     head = ["path", "docs/s", "tok/s", "latency s", "peak RSS MB", "TFLOP/s", "% peak", "x ref fp32",
             "x ref bf16", "max |d| fp32", "top10 agree"]
@@ -810,7 +827,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--workload", default=None,
                    help=f"comma-separated QUERIESxDOCUMENTSxTOKENS (default {','.join(DEFAULT_WORKLOADS)})")
     p.add_argument("--paths", default=",".join(DEFAULT_PATHS),
-                   help="comma-separated paths: " + ", ".join(ALIASES) + ", or lbnl:block=N:int8:bf16:hf:compile")
+                   help="comma-separated paths: " + ", ".join(ALIASES) + ", or lbnl:block=N:int8:bf16:hf:compile:attn=sdpa|chunked")
     p.add_argument("--repeats", type=int, default=3, help="timed calls per path and workload (default 3)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--time-cap", type=float, default=DEFAULT_TIME_CAP,

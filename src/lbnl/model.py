@@ -14,7 +14,6 @@ import logging
 import os
 import warnings
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,8 +22,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from .attention import causal_attention_chunked, resolve_attention
 from .errors import CheckpointError, InvalidInputError
 from .prompt import EMBED_TOKEN, RERANK_TOKEN
+from .runtime import cpu_has_amx, cpu_has_fast_bf16  # noqa: F401 - re-exported
 
 logger = logging.getLogger(__name__)
 
@@ -35,16 +36,6 @@ _DTYPE_NAMES = {
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
 }
-
-
-@lru_cache(maxsize=1)
-def cpu_has_fast_bf16() -> bool:
-    """True when this CPU multiplies bf16 natively (AMX or AVX512-BF16); elsewhere bf16 is emulated and slow."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -267,6 +258,7 @@ def _decode(
     select: Sequence[Sequence[int]] | None = None,
     keep_kv: bool = False,
     compiled: bool = False,
+    attention: str = "sdpa",
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
     """The decoder forward of a Llama-family backbone over prompts packed end to end, without padding.
 
@@ -277,7 +269,8 @@ def _decode(
     mask); with ``select`` (positions per row) the last layer computes queries, MLP and final
     norm only at those positions. Returns [tokens, hidden] (the selected tokens, row by row, when
     ``select`` is given) and, with ``keep_kv``, every layer's keys and values of the new tokens.
-    ``compiled`` runs the norms and the SiLU product through ``torch.compile``.
+    ``compiled`` runs the norms and the SiLU product through ``torch.compile``; ``attention``
+    (``sdpa`` or ``chunked``) picks the causal attention kernel of the full layers.
     """
     F = torch.nn.functional
     device = backbone.get_input_embeddings().weight.device
@@ -326,6 +319,11 @@ def _decode(
                 outs.append(F.scaled_dot_product_attention(qs, ks, vs, attn_mask=visible, scale=attn.scaling,
                                                            enable_gqa=gqa))
                 continue
+            if attention == "chunked":
+                rows_q = q[0, :, bounds[r]:bounds[r + 1]].transpose(0, 1)
+                chunked = causal_attention_chunked(rows_q, ks[0].contiguous(), vs[0].contiguous(), attn.scaling)
+                outs.append(chunked.transpose(0, 1).unsqueeze(0))
+                continue
             qs = q[:, :, bounds[r]:bounds[r + 1]]
             if start:
                 qs = torch.cat([qs.new_zeros(1, qs.shape[1], start, qs.shape[3]), qs], dim=2)
@@ -364,6 +362,8 @@ class LBNLModel(nn.Module):
         self.quantized: str | None = None
         #: Run the fast path's norms and SiLU product through ``torch.compile`` (see :meth:`compile_kernels`).
         self.compiled = False
+        #: The fast path's attention kernel: ``auto`` (see :func:`resolve_attention`), ``sdpa`` or ``chunked``.
+        self.attention = "auto"
 
     @property
     def config(self) -> Any:
@@ -381,6 +381,11 @@ class LBNLModel(nn.Module):
     def fast_path(self) -> bool:
         """Whether :meth:`encode` runs lbnl's own decoder loop (prefix reuse, last-layer pruning)."""
         return fast_path_supported(self.backbone)
+
+    @property
+    def attention_kernel(self) -> str:
+        """The attention kernel the fast path runs with the current weights and device."""
+        return resolve_attention(self.attention, self.dtype, self.device)
 
     def compile_kernels(self) -> "LBNLModel":
         """Fuse the fast path's elementwise work (RMSNorms, SiLU product) with ``torch.compile``: about 10% faster
@@ -482,7 +487,8 @@ class LBNLModel(nn.Module):
             raise ValueError("the base state is not a prefix of ids")
         if start == len(ids) and base is not None:
             return base
-        _, keys, values = _decode(self.backbone, [ids[start:]], prefix=base, keep_kv=True, compiled=self.compiled)
+        _, keys, values = _decode(self.backbone, [ids[start:]], prefix=base, keep_kv=True, compiled=self.compiled,
+                                 attention=self.attention_kernel)
         if base is not None:
             keys = [torch.cat([a, b], dim=2) for a, b in zip(base.keys, keys)]
             values = [torch.cat([a, b], dim=2) for a, b in zip(base.values, values)]
@@ -517,7 +523,8 @@ class LBNLModel(nn.Module):
                 raise ValueError("every prompt must hold exactly one rerank token")
             select.append(docs_at + query_at)
             counts.append(len(docs_at))
-        hidden, _, _ = _decode(self.backbone, rows, prefix=prefix, select=select, compiled=self.compiled)
+        hidden, _, _ = _decode(self.backbone, rows, prefix=prefix, select=select, compiled=self.compiled,
+                               attention=self.attention_kernel)
         projected = self.project(hidden)
         docs, queries, at = [], [], 0
         for n in counts:

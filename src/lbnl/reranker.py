@@ -21,6 +21,7 @@ from .errors import InvalidInputError
 from .fusion import fuse_with_candidate_bm25
 from .model import LBNLModel, PrefixState, quantize_int8, resolve_checkpoint
 from .prompt import DEFAULT_BLOCK_SIZE, PREFIX, build_prompt, plan_blocks, prompt_head, truncate, truncate_many
+from .runtime import tune_allocator
 
 Document = str | Mapping[str, Any]
 
@@ -90,18 +91,18 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class _PrefixCache:
-    """A small LRU of prompt-head key/value states, dropped whenever the model's weights change."""
+    """A small LRU of prompt-head key/value states, dropped whenever the model's weights or attention kernel change."""
 
     def __init__(self, size: int = 8):
         self.size = size
         self.states: OrderedDict[tuple[int, ...], PrefixState] = OrderedDict()
-        self.stamp: tuple[int, ...] | None = None
+        self.stamp: tuple[Any, ...] | None = None
         self.lock = threading.Lock()
 
     @staticmethod
-    def _stamp(model: LBNLModel) -> tuple[int, ...]:
+    def _stamp(model: LBNLModel) -> tuple[Any, ...]:
         params = list(model.parameters())
-        return (id(model.backbone), params[0].data_ptr(), sum(p._version for p in params))
+        return (id(model.backbone), params[0].data_ptr(), sum(p._version for p in params), model.attention_kernel)
 
     def get(self, model: LBNLModel, ids: Sequence[int], anchor: int) -> PrefixState:
         """The state of ``ids``, always computed as its first ``anchor`` tokens (the system prompt, shared by
@@ -211,6 +212,8 @@ class Reranker:
         if fuse_bm25 is not None and not 0 <= fuse_bm25 <= 1:
             raise InvalidInputError(f"fuse_bm25 must be in [0, 1] or None, got {fuse_bm25!r}")
         self.model = model
+        if model.device.type == "cpu":
+            tune_allocator()
         self.tokenizer = tokenizer
         self.block_size = block_size
         self.pointwise = pointwise

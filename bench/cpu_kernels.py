@@ -1,0 +1,81 @@
+"""The CPU kernels an LBNL forward spends its time in, one core, Qwen3-0.6B shapes (a 5,500-token prompt).
+
+    python bench/cpu_kernels.py [--tokens 5500] [--threads 1]
+    LBNL_MALLOC_TUNING=0 python bench/cpu_kernels.py     # the same with glibc's allocator left alone
+
+Prints, best of 3: a bf16 linear layer (the MLP's joined gate/up projection), two elementwise
+kernels over a fresh 45 MB output (exp in float32, SiLU in bf16: these pay the page faults that
+:func:`lbnl.runtime.tune_allocator` avoids), and causal attention (16 query heads, 8 key/value heads
+of 128) through torch's SDPA in bf16 and float32 and through lbnl's chunked bf16 kernel, with the
+chunked kernel's largest difference from float32 SDPA. Attention TFLOP/s count QK^T and AV over
+the causal pairs, as ``lbnl bench`` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tokens", type=int, default=5500)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+
+    import torch
+
+    from lbnl.attention import causal_attention_chunked
+    from lbnl.runtime import cpu_has_amx, tune_allocator
+
+    tuned = tune_allocator()
+    torch.set_num_threads(args.threads)
+    F = torch.nn.functional
+    gen = torch.Generator().manual_seed(0)
+    n, heads, kv_heads, dim, hidden = args.tokens, 16, 8, 128, 1024
+
+    def best(fn, reps: int = 3) -> float:
+        fn()
+        times = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    print(f"{torch.backends.cpu.get_cpu_capability()} CPU, AMX {cpu_has_amx()}, allocator tuned {tuned}, "
+          f"{args.threads} thread(s), {n} tokens")
+    x = torch.randn(n, hidden, generator=gen).bfloat16()
+    w = torch.randn(6 * hidden, hidden, generator=gen).bfloat16()
+    seconds = best(lambda: F.linear(x, w))
+    print(f"  bf16 linear {n}x{hidden} @ {hidden}x{6 * hidden}: {seconds * 1e3:8.1f} ms "
+          f"{2 * n * hidden * 6 * hidden / seconds / 1e12:.3f} TFLOP/s")
+    scores = torch.randn(8, 256, n, generator=gen)
+    print(f"  exp, float32, 8x256x{n}, fresh output: {best(lambda: torch.exp(scores)) * 1e3:8.1f} ms")
+    gate = F.linear(x, w)
+    print(f"  SiLU, bf16, {n}x{6 * hidden}, fresh output: {best(lambda: F.silu(gate)) * 1e3:8.1f} ms")
+
+    q = torch.randn(n, heads, dim, generator=gen).bfloat16()
+    k = torch.randn(kv_heads, n, dim, generator=gen).bfloat16()
+    v = torch.randn(kv_heads, n, dim, generator=gen).bfloat16()
+    flops = 2 * heads * dim * n * (n + 1)
+    scale = dim ** -0.5
+    want = F.scaled_dot_product_attention(q.float().transpose(0, 1)[None], k.float()[None], v.float()[None],
+                                          is_causal=True, scale=scale, enable_gqa=True)[0].transpose(0, 1)
+    for name, fn in (
+        ("SDPA bf16", lambda: F.scaled_dot_product_attention(q.transpose(0, 1)[None], k[None], v[None], is_causal=True,
+                                                             scale=scale, enable_gqa=True)),
+        ("SDPA float32", lambda: F.scaled_dot_product_attention(q.float().transpose(0, 1)[None], k.float()[None],
+                                                                v.float()[None], is_causal=True, scale=scale,
+                                                                enable_gqa=True)),
+        ("chunked bf16", lambda: causal_attention_chunked(q, k, v, scale)),
+    ):
+        seconds = best(fn, reps=2)
+        print(f"  attention {name:13s} {seconds * 1e3:8.1f} ms {flops / seconds / 1e12:.3f} TFLOP/s")
+    diff = float((causal_attention_chunked(q, k, v, scale).float() - want).abs().max())
+    print(f"  chunked bf16 vs SDPA float32: max |difference| {diff:.4f} (outputs of magnitude "
+          f"{float(want.abs().max()):.2f})")
+
+
+if __name__ == "__main__":
+    main()
