@@ -18,12 +18,22 @@ DOCS = ["Green tea catechins and their effect on cardiovascular health.",
         "The 2014 World Cup final was played in Rio de Janeiro."]
 
 
+def _adapter_chain() -> list[Path]:
+    """The shipped adapters from the default down to the one on the plain base (adapters stack by name)."""
+    from lbnl.models.default import WEIGHTS_DIR
+
+    chain = [default_model_path()]
+    while (WEIGHTS_DIR / json.loads((chain[-1] / ADAPTER_FILE).read_text())["base_model"]).is_dir():
+        chain.append(WEIGHTS_DIR / json.loads((chain[-1] / ADAPTER_FILE).read_text())["base_model"])
+    return chain
+
+
 def test_the_default_adapter_ships_with_the_package() -> None:
-    path = default_model_path()
-    config = json.loads((path / ADAPTER_FILE).read_text())
-    assert config["base_model"] == "smollm2-135m-instruct" and config["mode"] == "listwise"
-    assert config["trained_steps"] > 0
-    assert sum(f.stat().st_size for f in path.iterdir()) < 25_000_000
+    chain = _adapter_chain()
+    configs = [json.loads((p / ADAPTER_FILE).read_text()) for p in chain]
+    assert configs[-1]["base_model"] == "smollm2-135m-instruct"
+    assert all(c["mode"] == "listwise" and c["trained_steps"] > 0 for c in configs)
+    assert sum(f.stat().st_size for p in chain for f in p.iterdir()) < 25_000_000
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +44,11 @@ def default_reranker() -> Reranker:
 def _adapted_layers() -> set[int]:
     from safetensors import safe_open
 
-    with safe_open(str(default_model_path() / "lora.safetensors"), "pt") as f:
-        return {int(k.split(".")[1]) for k in f.keys()}
+    layers = set()
+    for path in _adapter_chain():
+        with safe_open(str(path / "lora.safetensors"), "pt") as f:
+            layers |= {int(k.split(".")[1]) for k in f.keys()}
+    return layers
 
 
 def test_default_model_is_the_base_with_the_trained_weights_merged(default_reranker: Reranker) -> None:

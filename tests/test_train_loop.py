@@ -235,3 +235,52 @@ def test_configs_are_valid_and_every_key_documented() -> None:
         for section, values in raw.items():
             for key in values if isinstance(values, dict) else [section]:
                 assert (f"{section}.{key}" if isinstance(values, dict) else key) in keys
+
+
+def test_sigterm_checkpoints_and_the_same_command_resumes(tiny_checkpoint: Path, planted: Path,
+                                                          tmp_path: Path) -> None:
+    """A scheduler's kill (SIGTERM) stops like Ctrl-C: a checkpoint of the last finished step, exit 130."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "lbnl.cli", "train", "--no-progress", "--set", "run.save_every=0",
+               "--set", "run.eval_every=0", "--set", "data.validation_queries=0", "--set", "optim.max_steps=100000",
+               *[a for kv in overrides(tiny_checkpoint, planted, out)[:-1] for a in ("--set", kv)]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / "train_log.jsonl"
+    deadline = time.monotonic() + 120
+    while not (log.exists() and log.read_text().count("\n") >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "run the same command again to resume" in err
+    saved = sorted((out / "checkpoints").glob("step-*"))
+    assert saved and int(saved[-1].name.split("-")[1]) >= 2
+    assert not (out / "adapter").exists()
+
+
+def test_a_second_stage_continues_the_list_stream(tiny_checkpoint: Path, planted: Path, tmp_path: Path) -> None:
+    """data.start_list: step 1 of a second stage reads the lists after the first stage's, not the same ones."""
+    extra = ("optim.lists_per_batch=2", "optim.grad_accum=2", "data.validation_queries=0", "run.save_full=false")
+    first = Trainer(load_config(None, overrides(tiny_checkpoint, planted, tmp_path / "a", *extra)))
+    second = Trainer(load_config(None, overrides(tiny_checkpoint, planted, tmp_path / "b", *extra,
+                                                 "data.start_list=8")))
+    for trainer in (first, second):
+        calls: list[tuple[int, int]] = []
+        read = trainer.sampler.lists
+        trainer.sampler.lists = lambda start, count, read=read, calls=calls: calls.append((start, count)) or read(
+            start, count)
+        trainer.train_step()
+        trainer.train_step()
+        trainer.calls = calls
+    assert first.calls == [(0, 2), (2, 2), (4, 2), (6, 2)]
+    assert second.calls == [(8, 2), (10, 2), (12, 2), (14, 2)]
+    with pytest.raises(InvalidInputError, match="start_list"):
+        load_config(None, overrides(tiny_checkpoint, planted, tmp_path / "c", "data.start_list=-1"))

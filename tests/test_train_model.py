@@ -283,3 +283,52 @@ def test_full_finetune_mode(tiny_checkpoint: Path) -> None:
     assert model.token_rows is None and model.lora_factors() == {}
     with pytest.raises(ValueError, match="LoRA"):
         model.save_adapter("unused", base="x", tokenizer=base.tokenizer)
+
+
+def test_chunked_attention_trains_like_sdpa(tiny_checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
+    import lbnl.attention as A
+    from lbnl.attention import use_chunked_attention
+
+    monkeypatch.setattr(A, "CHUNK_SCORES", 4 * 16 * 40)  # several query blocks per prompt
+    calls = []
+    kernel_fn = A.causal_attention_chunked
+    monkeypatch.setattr(A, "causal_attention_chunked", lambda *a: calls.append(1) or kernel_fn(*a))
+    ids = torch.tensor([[(7 * i + 3 * r) % 500 + 10 for i in range(90)] for r in range(2)])
+
+    def loss_and_grads(kernel: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model, _ = load_checkpoint(tiny_checkpoint, dtype="float32", device="cpu")
+        if kernel == "chunked":
+            use_chunked_attention(model.backbone)
+        torch.manual_seed(0)
+        trainable = TrainableLBNL(model, lora_r=4, lora_alpha=8)
+        with torch.no_grad():
+            for _, b in trainable.lora_factors().values():
+                b.normal_(0, 0.1, generator=torch.Generator().manual_seed(1))
+        hidden = trainable.hidden_states(ids)
+        loss = trainable.project(hidden).square().mean()
+        loss.backward()
+        return hidden.detach(), [p.grad for p in trainable.parameter_groups()["backbone"]]
+
+    want_hidden, want_grads = loss_and_grads("sdpa")
+    assert not calls
+    got_hidden, got_grads = loss_and_grads("chunked")
+    assert len(calls) == 2 * 2  # two layers x two rows
+    np.testing.assert_allclose(got_hidden.numpy(), want_hidden.numpy(), atol=1e-5)
+    assert len(got_grads) == len(want_grads) > 0
+    for got, want in zip(got_grads, want_grads):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5, rtol=1e-4)
+
+
+def test_chunked_attention_leaves_padding_masks_to_sdpa(tiny_checkpoint: Path) -> None:
+    from lbnl.attention import use_chunked_attention
+
+    ids = torch.tensor([[0, 0, 11, 12, 13, 14], [21, 22, 23, 24, 25, 26]])
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    outs = []
+    for chunked in (False, True):
+        model, _ = load_checkpoint(tiny_checkpoint, dtype="float32", device="cpu")
+        if chunked:
+            use_chunked_attention(model.backbone)
+        with torch.no_grad():
+            outs.append(model.backbone(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state)
+    np.testing.assert_allclose(outs[1][:, 2:].numpy(), outs[0][:, 2:].numpy(), atol=1e-5)

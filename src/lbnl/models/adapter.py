@@ -8,8 +8,9 @@ result is an ordinary :class:`~lbnl.model.LBNLModel` and scoring costs nothing e
 neither peft nor any training code: this is how a small trained model ships inside the repository.
 
 The base reference is a directory path (absolute, or relative to the adapter), a name that a
-registered resolver knows (see :func:`register_base_resolver`; ``lbnl.models.bases.resolve_base`` is
-used when that module exists), or a Hugging Face hub id.
+registered resolver knows (see :func:`register_base_resolver`), the name of an adapter shipped in
+``lbnl/models/weights`` (adapters stack: a second training stage names the first), a base name that
+``lbnl.models.bases.resolve_base`` knows, or a Hugging Face hub id.
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ def register_base_resolver(resolver: BaseResolver) -> None:
 
 
 def _builtin_resolver(name: str) -> Path | None:
+    from .default import WEIGHTS_DIR
+
+    shipped = WEIGHTS_DIR / name
+    if name and "/" not in name and is_adapter_dir(shipped):
+        return shipped
     try:
         bases = importlib.import_module("lbnl.models.bases")
     except ModuleNotFoundError as exc:

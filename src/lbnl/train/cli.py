@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 from typing import Any
 
 
@@ -31,7 +32,14 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     from .loop import train
 
-    result = train(config)
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)  # a scheduler's kill checkpoints like Ctrl-C
+    try:
+        result = train(config)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     summary = {k: result.summary.get(k) for k in ("steps", "last_loss", "steps_per_s", "docs_per_s", "validation")}
     summary.update(model=str(result.model_dir) if result.model_dir else None,
                    adapter=str(result.adapter_dir) if result.adapter_dir else None)

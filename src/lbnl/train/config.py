@@ -23,6 +23,7 @@ NEGATIVE_SOURCES = ("bm25", "random")
 SCHEDULES = ("cosine", "linear", "constant")
 AUTOCAST = ("auto", "bf16", "off")
 TOKEN_INITS = ("mean", "related")
+ATTENTION = ("auto", "sdpa", "chunked")
 
 
 def _f(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -58,6 +59,9 @@ class ModelConfig:
                                  "'query' respectively).", TOKEN_INITS)
     autocast: str = _f("auto", "bf16 autocast: auto (on CUDA with bf16 and on CPUs with AMX/AVX512-BF16), bf16 "
                                "(always), off (float32). Weights stay float32.", AUTOCAST)
+    attention: str = _f("auto", "Attention kernel of the training forward: auto (chunked bf16 matmuls under bf16 autocast "
+                                "on CPUs with AVX512-BF16 but no AMX, where torch's flash kernel runs bf16 at float32 "
+                                "speed; SDPA elsewhere), sdpa, or chunked.", ATTENTION)
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass (less memory, ~30% slower).")
     device: str | None = _f(None, "cpu, cuda, cuda:1 ... (default: CUDA when available).")
 
@@ -81,6 +85,9 @@ class DataConfig:
     max_query_tokens: int = _f(512, "Tokens kept of the query (same truncation as inference).")
     instruction: str | None = _f(None, "Optional instruction placed in every prompt.")
     max_groups: int | None = _f(None, "Use at most this many training lists (small runs).")
+    start_list: int = _f(0, "Position in the list stream where step 1 starts. A second stage that continues "
+                            "from an earlier run's adapter sets it to that run's steps x lists per step, so it "
+                            "sees new lists and negatives instead of replaying the first stage's.")
     validation_queries: int = _f(50, "Training queries held out for validation (never trained on).")
     validation_depth: int = _f(30, "Validation reranks the top validation_depth BM25 hits of each held-out query "
                                     "(beir; for jsonl and self_supervised the held-out list itself).")
@@ -183,6 +190,8 @@ class TrainConfig:
             raise InvalidInputError("loss weights must be >= 0")
         if self.loss.rank == self.loss.disperse == self.loss.dual == self.loss.similar == 0:
             raise InvalidInputError("every loss weight is 0")
+        if self.data.start_list < 0:
+            raise InvalidInputError("data.start_list must be >= 0")
         if self.data.validation_queries < 0 or self.run.save_every < 0 or self.run.eval_every < 0:
             raise InvalidInputError("data.validation_queries, run.save_every and run.eval_every must be >= 0")
         if self.run.save_dtype not in (None, "float32", "bfloat16"):

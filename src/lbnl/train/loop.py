@@ -24,7 +24,9 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..errors import InvalidInputError
+from ..attention import resolve_attention, use_chunked_attention
 from ..model import cpu_has_fast_bf16, resolve_device
+from ..runtime import tune_allocator
 from . import losses as L
 from .config import TrainConfig, render_yaml, to_dict
 from .data import Batch, ListEncoder, ListSampler, SearcherFactory, TrainData, build_train_data, collate, default_searcher
@@ -128,10 +130,15 @@ class Trainer:
         random.seed(self.seed)
         torch.manual_seed(self.seed)
         self.device = resolve_device(config.model.device)
+        if self.device.type == "cpu":
+            tune_allocator()
         self.bf16 = _use_bf16(config.model.autocast, self.device)
         base = load_base(config.model.base or "", tokenizer_dir=config.model.tokenizer,
                          token_init=config.model.token_init, seed=self.seed)
         self.base = base
+        kernel = resolve_attention(config.model.attention, torch.bfloat16 if self.bf16 else torch.float32, self.device)
+        if kernel == "chunked":
+            use_chunked_attention(base.model.backbone)
         self.tokenizer = base.tokenizer
         self.model = TrainableLBNL(
             base.model, base_vocab_size=base.base_vocab_size, finetune=config.model.finetune,
@@ -208,7 +215,7 @@ class Trainer:
         sums: dict[str, float] = {}
         total = 0.0
         docs = tokens = 0
-        first = self.step * self.lists_per_step
+        first = self.config.data.start_list + self.step * self.lists_per_step
         for micro in range(opt.grad_accum):
             lists = self.sampler.lists(first + micro * opt.lists_per_batch, opt.lists_per_batch)
             batch = collate(lists, self.pad_id)
