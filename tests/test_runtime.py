@@ -11,11 +11,14 @@ import pytest
 
 CHECK = """
 import torch
-from lbnl.runtime import allocator_tuned, tune_allocator
+from lbnl.runtime import allocator_tuned, release_memory, tune_allocator
 first = tune_allocator()
 second = tune_allocator()
 x = torch.arange(12_000_000, dtype=torch.float32)   # 48 MB: above glibc's largest mmap threshold
 total = float((x * 2).sum())
+del x
+release_memory()
+x = torch.arange(12_000_000, dtype=torch.float32)
 print(first, second, allocator_tuned(), total == float(x.sum()) * 2)
 """
 

@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import InvalidInputError
+from .runtime import release_memory
 
 #: The issue's workloads: queries x documents x tokens per document.
 DEFAULT_WORKLOADS = ("1x20x256", "1x100x128", "16x20x128")
@@ -619,6 +620,7 @@ def run_workload(loader: Loader, specs: list[PathSpec], workload: Workload, shap
         for spec in runnable:
             res = results[spec.name]
             scorer = loader.scorer(spec)
+            release_memory()  # every call starts from live memory only, whatever the path before it freed
             with RssPeak() as rss:
                 start = time.perf_counter()
                 scores = scorer.score(queries, documents, max_doc)

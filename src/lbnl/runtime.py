@@ -73,3 +73,14 @@ def tune_allocator() -> bool:
 def allocator_tuned() -> bool:
     """Whether :func:`tune_allocator` has tuned this process's allocator."""
     return _STATE.get("tuned", False)
+
+
+def release_memory() -> None:
+    """Collect garbage and hand the heap's free pages back to the system (glibc ``malloc_trim``): the resident
+    size then reflects live memory again (a tuned allocator otherwise keeps its high-water mark)."""
+    import gc
+
+    gc.collect()
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)

@@ -26,7 +26,7 @@ import torch
 from ..errors import InvalidInputError
 from ..attention import resolve_attention, use_chunked_attention
 from ..model import cpu_has_fast_bf16, resolve_device
-from ..runtime import tune_allocator
+from ..runtime import release_memory, tune_allocator
 from . import losses as L
 from .config import TrainConfig, render_yaml, to_dict
 from .data import Batch, ListEncoder, ListSampler, SearcherFactory, TrainData, build_train_data, collate, default_searcher
@@ -89,19 +89,6 @@ def _use_bf16(mode: str, device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return device.type == "cpu" and cpu_has_fast_bf16()
-
-
-def _release_memory() -> None:
-    """Free the validation copy now and hand freed heap back to the OS (glibc), so that the resident size of
-    a long CPU run does not ratchet up by a model copy at every validation."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -265,7 +252,7 @@ class Trainer:
             instruction=data.instruction)
         ranked = {q.query_id: [q.candidates[r.index] for r in res] for q, res in zip(val, results)}
         del model, reranker, results
-        _release_memory()
+        release_memory()
         return {"type": "validation", "step": self.step, "ndcg@10": ndcg_at_10(ranked, qrels),
                 "first_stage_ndcg@10": self._first_stage, "queries": len(val),
                 "seconds": time.perf_counter() - start}
@@ -467,7 +454,7 @@ class Trainer:
                 if (run.save_every and self.step % run.save_every == 0) or last:
                     self.save_checkpoint()
                     plot_log(self.out / LOG_FILE, self.out / PLOT_FILE)
-                    _release_memory()
+                    release_memory()
                 for callback in callbacks:
                     callback(self.step, record)
         except KeyboardInterrupt:
