@@ -211,7 +211,8 @@ def measure_peaks(cap_seconds: float = 20.0) -> dict[str, Any]:
     emulated, under a time cap) and int8 dynamically quantized linear layers (2048 x 1024 x 3072)."""
     import torch
 
-    from .model import cpu_has_fast_bf16, resolve_attention
+    from .attention import resolve_attention
+    from .runtime import cpu_has_fast_bf16
 
     def best(fn: Callable[[], Any], flops: float, reps: int = 5, cap: float = cap_seconds) -> float:
         fn()

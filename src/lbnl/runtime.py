@@ -1,11 +1,11 @@
 """What this machine can do and process-level settings for CPU speed: the CPU's bf16 support and the C
 allocator's handling of large tensors.
 
-glibc serves every allocation above a threshold (at most 32 MB) with a fresh ``mmap`` and returns it
-to the system on free, so each large activation of a forward pass (a 5,500-token prompt's MLP
-input alone is 67 MB in bf16) is page-faulted in again, page by page, on every layer. On the
-machines lbnl is developed on this doubled the time of elementwise kernels and cost a fifth of a
-bf16 matmul's speed (``docs/results.md``). :func:`tune_allocator` keeps large blocks in the heap
+glibc serves every allocation above its mmap threshold (128 KB, rising to at most 32 MB) with fresh
+pages and returns them to the system on free, so each large activation of a forward pass (a
+5,500-token prompt's gate/up output alone is 67 MB in bf16) is page-faulted in again, page by page,
+on every layer. On an AMD EPYC this made elementwise kernels 3-4x slower and a bf16 matmul 22%
+slower (``docs/results.md``). :func:`tune_allocator` keeps large blocks in the heap
 and freed memory in the process instead; the resident size then stays at its high-water mark,
 which is what an inference process reaches on every request anyway.
 
@@ -21,6 +21,7 @@ import os
 import threading
 from functools import lru_cache
 from pathlib import Path
+
 
 @lru_cache(maxsize=1)
 def _cpu_flags() -> str:

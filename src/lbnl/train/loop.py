@@ -23,8 +23,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..errors import InvalidInputError
 from ..attention import resolve_attention, use_chunked_attention
+from ..errors import InvalidInputError
 from ..model import cpu_has_fast_bf16, resolve_device
 from ..runtime import release_memory, tune_allocator
 from . import losses as L
