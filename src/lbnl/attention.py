@@ -25,7 +25,7 @@ def resolve_attention(kernel: str, dtype: torch.dtype, device: torch.device) -> 
 
     Without AMX, torch's CPU flash-attention kernel multiplies bf16 no faster than float32 (measured
     0.075 TFLOP/s on an AVX512-BF16 core against 0.41 for a bf16 matmul), while the chunked kernel's
-    batched matmuls run at bf16 speed: about 3x faster attention on such CPUs.
+    batched matmuls run at bf16 speed: 2.5x faster attention on such CPUs (``docs/results.md``).
     """
     if kernel not in ATTENTION_KERNELS:
         raise InvalidInputError(f"attention must be one of {', '.join(ATTENTION_KERNELS)}, got {kernel!r}")
