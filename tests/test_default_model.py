@@ -10,7 +10,7 @@ import torch
 
 from lbnl import Reranker
 from lbnl.cli import main as cli_main
-from lbnl.models.adapter import ADAPTER_FILE
+from lbnl.models.adapter import read_adapter_config
 from lbnl.models.bases import resolve_base
 from lbnl.models.default import default_model_path
 
@@ -23,14 +23,14 @@ def _adapter_chain() -> list[Path]:
     from lbnl.models.default import WEIGHTS_DIR
 
     chain = [default_model_path()]
-    while (WEIGHTS_DIR / json.loads((chain[-1] / ADAPTER_FILE).read_text())["base_model"]).is_dir():
-        chain.append(WEIGHTS_DIR / json.loads((chain[-1] / ADAPTER_FILE).read_text())["base_model"])
+    while (base := WEIGHTS_DIR / read_adapter_config(chain[-1])["base_model"]).is_dir():
+        chain.append(base)
     return chain
 
 
 def test_the_default_adapter_ships_with_the_package() -> None:
     chain = _adapter_chain()
-    configs = [json.loads((p / ADAPTER_FILE).read_text()) for p in chain]
+    configs = [read_adapter_config(p) for p in chain]
     assert configs[-1]["base_model"] == "smollm2-135m-instruct"
     assert all(c["mode"] == "listwise" and c["trained_steps"] > 0 for c in configs)
     assert sum(f.stat().st_size for p in chain for f in p.iterdir()) < 25_000_000
