@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PYTHON) -m lbnl.demo
+	$(PYTHON) -m lbnl.cli.demo
 
 test: $(STAMP)
 	$(PYTHON) -m pytest tests

@@ -144,7 +144,7 @@ def bench_engines(work: Path, args: argparse.Namespace) -> None:
     import torch
 
     from lbnl.batch.job import BatchSettings, run_batch
-    from lbnl.models.random_init import build_random_checkpoint
+    from lbnl.testing.checkpoints import build_random_checkpoint
 
     heads = max(4, args.hidden // 64)
     model = build_random_checkpoint(

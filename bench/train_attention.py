@@ -28,8 +28,8 @@ def main() -> None:
     import torch
 
     from lbnl.attention import use_chunked_attention
-    from lbnl.models import load_checkpoint
-    from lbnl.runtime import tune_allocator
+    from lbnl.checkpoints import load_checkpoint
+    from lbnl.hardware import tune_allocator
     from lbnl.train.modeling import TrainableLBNL
 
     tune_allocator()

@@ -1,7 +1,9 @@
-"""Shared fixtures: tiny random LBNL checkpoints built once per session from the real Qwen3 tokenizer."""
+"""Shared fixtures: tiny random LBNL checkpoints built once per session from the real Qwen3 tokenizer
+(vendored under tests/fixtures/qwen3), and a small BEIR-format data set of the suite's own."""
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -9,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from lbnl.models.random_init import build_random_checkpoint, find_qwen3_tokenizer, load_lbnl_tokenizer
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+os.environ.setdefault("LBNL_QWEN3_TOKENIZER", str(FIXTURES / "qwen3"))
 
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
+from lbnl.testing.checkpoints import build_random_checkpoint, find_qwen3_tokenizer, load_lbnl_tokenizer  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -22,8 +25,9 @@ def _seed() -> None:
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    return SHARED.resolve()
+def fixtures_dir() -> Path:
+    """tests/fixtures: the vendored Qwen3 tokenizer, official green-tea scores, a mini BEIR set."""
+    return FIXTURES
 
 
 @pytest.fixture(scope="session")

@@ -22,8 +22,8 @@ import pytest
 import torch
 
 from lbnl.errors import CheckpointError
-from lbnl.models import bases
-from lbnl.models.bases import BASES, BaseSource, cache_root, extract_verified, resolve_base
+from lbnl.checkpoints import bases
+from lbnl.checkpoints.bases import BASES, BaseSource, cache_root, extract_verified, resolve_base
 
 TINY_MEMBER = "tinybase/tiny.gguf"
 CHAT_TEMPLATE = (

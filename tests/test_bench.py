@@ -11,12 +11,12 @@ import pytest
 
 from lbnl.benchmark import DecoderShape, Loader, PathSpec, Workload, build_inputs, prompt_lengths, run_workload
 from lbnl.errors import InvalidInputError
-from lbnl.model import cpu_has_fast_bf16
-from lbnl.models.random_init import QWEN3_0_6B
+from lbnl.hardware import cpu_has_fast_bf16
+from lbnl.testing.checkpoints import QWEN3_0_6B
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lbnl.cli", "bench", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "lbnl", "bench", *args], capture_output=True, text=True,
                           timeout=600)
 
 
@@ -70,10 +70,10 @@ def test_flop_count_matches_the_issue_figure() -> None:
     assert shape.flops(6554) / 1e12 == pytest.approx(0.49 * 21.9, rel=0.03)
 
 
-def test_inputs_have_exact_token_lengths(lbnl_tokenizer, shared_dir: Path) -> None:
-    data = shared_dir / "data" / "scifact"
+def test_inputs_have_exact_token_lengths(lbnl_tokenizer, fixtures_dir: Path) -> None:
+    data = fixtures_dir / "beir-mini"
     queries, docs, source = build_inputs(Workload(2, 5, 64), lbnl_tokenizer, data)
-    assert source.startswith("SciFact") and len(queries) == 2 and all(len(d) == 5 for d in docs)
+    assert source.startswith("corpus text") and len(queries) == 2 and all(len(d) == 5 for d in docs)
     counts = [len(ids) for ids in lbnl_tokenizer(docs[0], add_special_tokens=False)["input_ids"]]
     assert min(counts) >= 64
     one = prompt_lengths(lbnl_tokenizer, queries[0], docs[0], 125, 64)

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from lbnl.cli import read_documents
+from lbnl.cli.common import read_documents
 from lbnl.errors import InvalidInputError
 
 
 def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lbnl.cli", *args], input=stdin, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "lbnl", *args], input=stdin, capture_output=True, text=True,
                           timeout=300)
 
 

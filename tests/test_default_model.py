@@ -10,9 +10,9 @@ import torch
 
 from lbnl import Reranker
 from lbnl.cli import main as cli_main
-from lbnl.models.adapter import read_adapter_config
-from lbnl.models.bases import resolve_base
-from lbnl.models.default import default_model_path
+from lbnl.checkpoints.adapter import read_adapter_config
+from lbnl.checkpoints.bases import resolve_base
+from lbnl.checkpoints import default_model_path
 
 DOCS = ["Green tea catechins and their effect on cardiovascular health.",
         "The 2014 World Cup final was played in Rio de Janeiro."]
@@ -20,7 +20,7 @@ DOCS = ["Green tea catechins and their effect on cardiovascular health.",
 
 def _adapter_chain() -> list[Path]:
     """The shipped adapters from the default down to the one on the plain base (adapters stack by name)."""
-    from lbnl.models.default import WEIGHTS_DIR
+    from lbnl.checkpoints.builtin import WEIGHTS_DIR
 
     chain = [default_model_path()]
     while (base := WEIGHTS_DIR / read_adapter_config(chain[-1])["base_model"]).is_dir():

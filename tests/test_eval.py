@@ -27,7 +27,7 @@ from lbnl.eval import (
     run_evaluation,
     sample_queries,
 )
-from lbnl.eval import first_stage as first_stage_module
+from lbnl.ir import bm25 as first_stage_module
 
 CORPUS = [
     ("d1", "Green tea", "Green tea catechins reduce inflammation in adults."),

@@ -15,7 +15,7 @@ from test_eval import make_beir
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lbnl.cli", "eval", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "lbnl", "eval", *args], capture_output=True, text=True,
                           timeout=300)
 
 
@@ -38,7 +38,7 @@ def test_eval_cli_with_a_tiny_model(tiny_checkpoint: Path, tiny_reranker, data_d
 
     saved = json.loads((out / "results.json").read_text())
     assert saved["config"]["top_k"] == 5 and saved["config"]["max_doc_length"] == 24
-    assert saved["config"]["scorer"]["model"] == str(tiny_checkpoint)
+    assert saved["config"]["scorer"]["model"] == "ckpt" and saved["config"]["scorer"]["source"] == str(tiny_checkpoint)
     dataset = load_beir(data_dir, "test")
     hits = first_stage_hits(dataset, k=5, cache_dir=cache, progress=False)
     scorer = LBNLScorer(tiny_reranker, max_doc_length=24)
@@ -63,7 +63,8 @@ def test_eval_cli_with_a_tiny_model(tiny_checkpoint: Path, tiny_reranker, data_d
 
 def test_eval_cli_held_out_ids_and_candidate_fusion_rows(tiny_checkpoint: Path, tiny_reranker, data_dir: Path,
                                                          tmp_path: Path) -> None:
-    from lbnl.fusion import fuse_with_candidate_bm25
+    from lbnl.checkpoints import Fusion
+    from lbnl.fusion import fuse_scores
 
     ids = tmp_path / "validation_queries.txt"
     ids.write_text("q3\nq1\n")
@@ -81,7 +82,7 @@ def test_eval_cli_held_out_ids_and_candidate_fusion_rows(tiny_checkpoint: Path, 
     hits = first_stage_hits(dataset, k=5, cache_dir=tmp_path / "cache", progress=False)
     texts = [dataset.document_text(d) for d, _ in hits["q1"]]
     (model,) = LBNLScorer(tiny_reranker, max_doc_length=24).score([dataset.queries["q1"]], [texts])
-    fused = fuse_with_candidate_bm25(dataset.queries["q1"], texts, model, 0.3)
+    fused = fuse_scores(Fusion(0.3), dataset.queries["q1"], texts, model)
     trec = [line.split() for line in (out / "run.candidate-bm25-w0.3.trec").read_text().splitlines()]
     assert [r[2] for r in trec if r[0] == "q1"] == [d for d, _ in order_by_scores([d for d, _ in hits["q1"]], fused)]
 

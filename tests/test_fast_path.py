@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from lbnl import CheckpointError, InvalidInputError, Reranker
-from lbnl.model import cpu_has_fast_bf16, fast_path_supported, quantize_int8
-from lbnl.models import load_checkpoint
-from lbnl.models.random_init import build_random_checkpoint
+from lbnl.engine import fast_path_supported
+from lbnl.hardware import cpu_has_fast_bf16, quantize_int8
+from lbnl.checkpoints import load_checkpoint
+from lbnl.testing.checkpoints import build_random_checkpoint
 from lbnl.prompt import build_prompt
 from reference import OfficialStyleReranker
 
@@ -101,17 +102,37 @@ def test_joined_mlp_weights_follow_every_weight_change(tiny_checkpoint: Path) ->
 
 
 @pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="torch.compile needs a C++ compiler")
-def test_compiled_kernels_give_the_same_scores(tiny_checkpoint: Path) -> None:
+def test_compiled_kernels_give_the_same_scores(tiny_checkpoint: Path, monkeypatch) -> None:
+    import lbnl.engine as E
+
+    calls: dict[str, int] = {}
+    real_compile = torch.compile
+
+    def counting_compile(fn, **kwargs):
+        compiled = real_compile(fn, **kwargs)
+
+        def run(*args):
+            calls[fn.__name__] = calls.get(fn.__name__, 0) + 1
+            return compiled(*args)
+        return run
+
+    monkeypatch.setattr(E, "_COMPILED", {})
+    monkeypatch.setattr(E.torch, "compile", counting_compile)
     model, tok = load_checkpoint(tiny_checkpoint, device="cpu")
     docs = make_docs(12, seed=5)
     eager = in_input_order(Reranker(model, tok).rerank("green tea", docs))
+    assert calls == {}, "the eager path ran a compiled kernel"
     compiled = in_input_order(Reranker(model.compile_kernels(), tok).rerank("green tea", docs))
     np.testing.assert_allclose(compiled, eager, atol=1e-5)
+    assert calls.get("_rms", 0) > 0 and calls.get("_silu_mul", 0) > 0, f"compiled kernels did not run: {calls}"
 
 
 def test_default_scores_match_the_official_style_reference(family_checkpoint: Path) -> None:
     """Several blocks, several queries in one batch, shared prompt heads: still the official scores."""
     reranker = Reranker.from_pretrained(family_checkpoint, device="cpu", block_size=4)
+    states = []
+    real_state = reranker.model.prefix_state
+    reranker.model.prefix_state = lambda ids, base=None: states.append(len(ids)) or real_state(ids, base)
     plain = Reranker.from_pretrained(family_checkpoint, device="cpu", block_size=4, fast_forward=False)
     reference = OfficialStyleReranker(family_checkpoint)
     queries = ["green tea benefits", "coffee market price"]
@@ -122,7 +143,7 @@ def test_default_scores_match_the_official_style_reference(family_checkpoint: Pa
         np.testing.assert_allclose(mine, theirs, atol=1e-5)
     alone = in_input_order(Reranker.from_pretrained(family_checkpoint, device="cpu").rerank(queries[0], docs[0]))
     np.testing.assert_allclose(alone, reference.rerank(queries[0], docs[0]), atol=1e-4)
-    assert len(reranker._prefixes.states) >= 2
+    assert len(states) >= 2, "shared prompt heads were not computed and reused (the system prompt, then longer heads)"
 
 
 def test_more_than_125_documents_with_prefix_reuse(tiny_reranker: Reranker, tiny_checkpoint: Path) -> None:
@@ -132,7 +153,7 @@ def test_more_than_125_documents_with_prefix_reuse(tiny_reranker: Reranker, tiny
 
 
 def test_cached_prefixes_never_change_a_score(tiny_checkpoint: Path) -> None:
-    """A warm cache gives bit-identical scores to a cold one, and a weight change empties it."""
+    """Earlier calls never change a score (prefix states live for one call), and changed weights are used at once."""
     docs = make_docs(7, seed=6)
     warm = Reranker.from_pretrained(tiny_checkpoint, device="cpu", block_size=3)
     for q in ("tea", "tea and coffee", "green"):
@@ -160,7 +181,7 @@ def test_unsupported_backbones_fall_back_to_the_plain_forward(tmp_path: Path, qw
 
 
 def test_presets_and_int8(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    from lbnl.reranker import PRESETS
+    from lbnl.hardware import PRESETS
 
     fast = Reranker.from_pretrained(tiny_checkpoint, device="cpu", preset="fast")
     assert fast.block_size == PRESETS["fast"].block_size and fast.model.quantized is None
@@ -216,17 +237,21 @@ def test_chunked_attention_kernel_scores_like_sdpa(tiny_checkpoint: Path, monkey
     queries = ["green tea", "coffee prices", "basket league score"]
     docs = [make_docs(9, seed=s) for s in range(3)]
     scores = {}
+    calls = []
+    kernel_fn = M.causal_attention_chunked
+    monkeypatch.setattr(M, "causal_attention_chunked", lambda *a: calls.append(1) or kernel_fn(*a))
     for kernel in ("sdpa", "chunked"):
         rr = Reranker.from_pretrained(tiny_checkpoint, device="cpu", dtype="float32", block_size=4)
         rr.model.attention = kernel
         assert rr.model.attention_kernel == kernel
         scores[kernel] = [in_input_order(r) for r in rr.rerank_many(queries, docs)]
+        assert bool(calls) == (kernel == "chunked"), f"{kernel}: the chunked kernel ran {len(calls)} times"
     np.testing.assert_allclose(scores["chunked"], scores["sdpa"], atol=1e-5)
 
 
 def test_attention_kernel_choice() -> None:
-    from lbnl.attention import resolve_attention
-    from lbnl.runtime import cpu_has_amx
+    from lbnl.hardware import resolve_attention
+    from lbnl.hardware import cpu_has_amx
 
     cpu = torch.device("cpu")
     assert resolve_attention("auto", torch.float32, cpu) == "sdpa"

@@ -15,7 +15,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from lbnl import CheckpointError, InvalidInputError, Reranker
-from lbnl.models.random_init import build_random_checkpoint
+from lbnl.engine import pack
+from lbnl.testing.checkpoints import build_random_checkpoint
 from reference import OfficialStyleReranker
 
 WORDS = ("tea green catechin heart brain coffee price sport basket metabolism cell study risk weight "
@@ -39,8 +40,8 @@ def reference(tiny_checkpoint: Path) -> OfficialStyleReranker:
     return OfficialStyleReranker(tiny_checkpoint)
 
 
-def test_scores_match_official_style_single_block(tiny_reranker: Reranker, reference, shared_dir: Path) -> None:
-    case = json.loads((shared_dir / "spec" / "green_tea.json").read_text())
+def test_scores_match_official_style_single_block(tiny_reranker: Reranker, reference, fixtures_dir: Path) -> None:
+    case = json.loads((fixtures_dir / "green_tea.json").read_text())
     ours = scores_in_input_order(tiny_reranker.rerank(case["query"], case["documents"]))
     theirs = reference.rerank(case["query"], case["documents"])
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
@@ -111,7 +112,8 @@ def test_rerank_many_equals_one_at_a_time_and_padding_invariance(tiny_checkpoint
     queries = ["tea", "coffee market prices", "sport"]
     lists = [make_docs(3, seed=4, lo=40, hi=60), make_docs(7, seed=5, lo=1, hi=3), make_docs(130, seed=6, lo=1, hi=4)]
     batched = reranker.rerank_many(queries, lists)
-    assert len(reranker._batches([b for q, d in zip(queries, lists) for b in reranker._plan(q, d, 512, 2048, None).blocks])) == 1
+    blocks = [b for q, d in zip(queries, lists) for b in reranker._plan(q, d, 512, 2048, None).blocks]
+    assert len(pack(blocks, reranker.max_batch_tokens)) == 1
     for q, docs, got in zip(queries, lists, batched):
         alone = reranker.rerank(q, docs)
         assert [r.index for r in got] == [r.index for r in alone]
@@ -128,7 +130,9 @@ def test_top_n_documents_and_empty(tiny_reranker: Reranker) -> None:
 
 
 def test_candidate_bm25_fusion(tiny_reranker: Reranker) -> None:
-    from lbnl.fusion import candidate_bm25, fuse_with_candidate_bm25
+    from lbnl.checkpoints import Fusion
+    from lbnl.fusion import FusedReranker, fuse_scores
+    from lbnl.ir.bm25 import candidate_bm25
 
     query = "green tea and the heart"
     docs = ["Green tea catechins and heart disease.", "Coffee prices rose.", "Tea, the heart and green leaves.",
@@ -138,14 +142,14 @@ def test_candidate_bm25_fusion(tiny_reranker: Reranker) -> None:
     assert candidate_bm25("the of", docs) == [0.0] * 5 and candidate_bm25("tea", ["", "of"]) == [0.0, 0.0]
     model = {r.index: r.relevance_score for r in tiny_reranker.rerank(query, docs)}
     for w in (0.0, 0.3, 1.0):
-        fused = Reranker(tiny_reranker.model, tiny_reranker.tokenizer, fuse_bm25=w).rerank(query, docs)
-        expected = fuse_with_candidate_bm25(query, docs, [model[i] for i in range(len(docs))], w)
+        fused = FusedReranker(tiny_reranker, w).rerank(query, docs)
+        expected = fuse_scores(Fusion(w), query, docs, [model[i] for i in range(len(docs))])
         assert [r.relevance_score for r in fused] == pytest.approx(sorted(expected, reverse=True), abs=1e-6)
         assert [expected[r.index] for r in fused] == pytest.approx([r.relevance_score for r in fused], abs=1e-6)
-    lexical = Reranker(tiny_reranker.model, tiny_reranker.tokenizer, fuse_bm25=0.0).rerank(query, docs, top_n=2)
+    lexical = FusedReranker(tiny_reranker, 0.0).rerank(query, docs, top_n=2)
     assert {r.index for r in lexical} == {0, 2}
-    with pytest.raises(InvalidInputError, match="fuse_bm25 must be in"):
-        Reranker(tiny_reranker.model, tiny_reranker.tokenizer, fuse_bm25=1.5)
+    with pytest.raises(CheckpointError, match="fusion weight must be a number in"):
+        FusedReranker(tiny_reranker, 1.5)
 
 
 @pytest.mark.parametrize(
@@ -231,7 +235,7 @@ def test_missing_projector_or_tokens_are_named(tiny_checkpoint: Path, tmp_path: 
 
 
 def test_dtype_choice(tiny_checkpoint: Path) -> None:
-    from lbnl.model import resolve_dtype
+    from lbnl.hardware import resolve_dtype
 
     cpu = torch.device("cpu")
     assert resolve_dtype("bf16", torch.float32, cpu) == torch.bfloat16
@@ -244,8 +248,8 @@ def test_dtype_choice(tiny_checkpoint: Path) -> None:
 
 @pytest.mark.skipif(not os.environ.get("LBNL_OFFICIAL_CHECKPOINT"),
                     reason="set LBNL_OFFICIAL_CHECKPOINT to a local copy of jinaai/jina-reranker-v3")
-def test_official_checkpoint_green_tea(shared_dir: Path) -> None:
-    case = json.loads((shared_dir / "spec" / "green_tea.json").read_text())
+def test_official_checkpoint_green_tea(fixtures_dir: Path) -> None:
+    case = json.loads((fixtures_dir / "green_tea.json").read_text())
     reranker = Reranker.from_pretrained(os.environ["LBNL_OFFICIAL_CHECKPOINT"], dtype="bfloat16")
     listwise = scores_in_input_order(reranker.rerank(case["query"], case["documents"]))
     np.testing.assert_allclose(listwise, case["official_scores_listwise_bf16"], atol=case["tolerance"])

@@ -1,4 +1,4 @@
-"""Process-level tuning (lbnl.runtime): the allocator setting is applied once, can be turned off, and
+"""Process-level tuning (lbnl.hardware): the allocator setting is applied once, can be turned off, and
 leaves results unchanged. Each case runs in a fresh interpreter because the setting is per process."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 
 CHECK = """
 import torch
-from lbnl.runtime import allocator_tuned, release_memory, tune_allocator
+from lbnl.hardware import allocator_tuned, release_memory, tune_allocator
 first = tune_allocator()
 second = tune_allocator()
 x = torch.arange(12_000_000, dtype=torch.float32)   # 48 MB: above glibc's largest mmap threshold

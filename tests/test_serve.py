@@ -23,7 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from lbnl import Reranker
-from lbnl.serve.process import ServerProcess
+from lbnl.testing.server import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "test-key-123"
@@ -342,7 +342,7 @@ def test_sigterm_finishes_in_flight_requests_and_refuses_new_ones(slow_server: S
 
 
 def test_cli_errors_are_messages() -> None:
-    runs = [subprocess.Popen([sys.executable, "-m", "lbnl.cli", "serve", *args], stdout=subprocess.PIPE,
+    runs = [subprocess.Popen([sys.executable, "-m", "lbnl", "serve", *args], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
             for args in (["--max-queue", "0"], ["--port", "0", "--model", "no/such-checkpoint-dir"])]
     (_, bad), (_, missing) = (p.communicate(timeout=120) for p in runs)

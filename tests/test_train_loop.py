@@ -166,8 +166,15 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_checkpoint: Path, 
             tiny_checkpoint, planted, tmp_path / flag, f"model.gradient_checkpointing={flag}", "optim.max_steps=1",
             "data.validation_queries=0")))
         trainer.model.train()
+        checkpointed = []
+        for module in trainer.model.modules():
+            real = getattr(module, "_gradient_checkpointing_func", None)
+            if real is not None and getattr(module, "gradient_checkpointing", False):
+                module._gradient_checkpointing_func = (
+                    lambda *a, _real=real, **k: checkpointed.append(1) or _real(*a, **k))
         out = trainer.batch_losses(collate(trainer.sampler.lists(0, 2), trainer.pad_id))
         out.total.backward()
+        assert bool(checkpointed) == (flag == "true"), f"gradient checkpointing={flag} ran {len(checkpointed)} times"
         grads.append(torch.cat([p.grad.reshape(-1) for p in trainer.params]))
     torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-4)
 
@@ -247,7 +254,7 @@ def test_sigterm_checkpoints_and_the_same_command_resumes(tiny_checkpoint: Path,
     import time
 
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "lbnl.cli", "train", "--no-progress", "--set", "run.save_every=0",
+    command = [sys.executable, "-m", "lbnl", "train", "--no-progress", "--set", "run.save_every=0",
                "--set", "run.eval_every=0", "--set", "data.validation_queries=0", "--set", "optim.max_steps=100000",
                *[a for kv in overrides(tiny_checkpoint, planted, out)[:-1] for a in ("--set", kv)]]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

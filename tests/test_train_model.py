@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from lbnl import CheckpointError, Reranker
-from lbnl.models import load_checkpoint
-from lbnl.models.adapter import ADAPTER_FILE, is_adapter_dir, read_adapter_config, register_base_resolver
+from lbnl.checkpoints import load_checkpoint, save_official
+from lbnl.checkpoints.adapter import ADAPTER_FILE, is_adapter_dir, read_adapter_config, register_base_resolver
 from lbnl.prompt import EMBED_TOKEN, RERANK_TOKEN
 from lbnl.train.modeling import TrainableLBNL, init_lbnl_from_causal_lm, load_base
 
@@ -173,7 +173,7 @@ def test_adapter_scores_equal_the_merged_model(tiny_checkpoint: Path, tmp_path: 
     perturb(model)
     adapter = model.save_adapter(tmp_path / "adapter", base=str(tiny_checkpoint), tokenizer=base.tokenizer,
                                  base_path=base.path)
-    model.merged().save_pretrained(tmp_path / "full", base.tokenizer)
+    save_official(model.merged(), tmp_path / "full", base.tokenizer)
     assert is_adapter_dir(adapter) and not is_adapter_dir(tmp_path / "full")
     # the tokenizer equals the base's, so the adapter holds none: a few files, tiny
     assert not (adapter / "tokenizer.json").exists()
@@ -225,7 +225,7 @@ def test_a_pointwise_adapter_is_read_pointwise(tiny_checkpoint: Path, tmp_path: 
     docs = tmp_path / "docs.txt"
     docs.write_text("\n".join(DOCS))
     for flags, fuse_bm25 in (([], 0.4), (["--no-fusion"], None)):
-        out = subprocess.run([sys.executable, "-m", "lbnl.cli", "rerank", "--model", str(fused), "--device", "cpu",
+        out = subprocess.run([sys.executable, "-m", "lbnl", "rerank", "--model", str(fused), "--device", "cpu",
                               "-q", QUERY, "-d", str(docs), "--json", *flags], capture_output=True, text=True,
                              timeout=300)
         assert out.returncode == 0, out.stderr
@@ -249,7 +249,7 @@ def test_adapter_on_a_plain_causal_lm_with_a_grown_vocabulary(plain_lm: Path, tm
                                  base_path=base.path, lora_dtype=torch.bfloat16)
     meta = read_adapter_config(adapter)
     assert meta["vocab_size"] == meta["base_vocab_size"] + 2 and meta["tokenizer"]["from_base"]
-    model.merged().save_pretrained(tmp_path / "full", base.tokenizer)
+    save_official(model.merged(), tmp_path / "full", base.tokenizer)
     np.testing.assert_allclose(scores(Reranker.from_pretrained(adapter, device="cpu")),
                                scores(Reranker.from_pretrained(tmp_path / "full", device="cpu")), atol=1e-4)
 

@@ -1,4 +1,5 @@
-"""Causal self-attention kernels of the fast path and of training, and which one a machine should use.
+"""Causal self-attention kernels of the fast path and of training (which one a machine should use is
+:func:`lbnl.hardware.resolve_attention`).
 
 torch's CPU flash-attention kernel multiplies bf16 at bf16 speed only with AMX; on other CPUs with
 AVX512-BF16 it runs no faster than float32, while a plain bf16 matmul runs five times faster. The
@@ -12,29 +13,6 @@ from typing import Any
 
 import torch
 from torch import nn
-
-from .errors import InvalidInputError
-from .runtime import cpu_has_amx, cpu_has_fast_bf16
-
-#: ``LBNLModel.attention``: how the fast path computes causal self-attention.
-ATTENTION_KERNELS = ("auto", "sdpa", "chunked")
-
-
-def resolve_attention(kernel: str, dtype: torch.dtype, device: torch.device) -> str:
-    """The attention kernel ``auto`` stands for: ``chunked`` for bf16 on a CPU without AMX, else ``sdpa``.
-
-    Without AMX, torch's CPU flash-attention kernel multiplies bf16 no faster than float32 (measured
-    0.075 TFLOP/s on an AVX512-BF16 core against 0.41 for a bf16 matmul), while the chunked kernel's
-    batched matmuls run at bf16 speed: 2.5x faster attention on such CPUs (``docs/results.md``).
-    """
-    if kernel not in ATTENTION_KERNELS:
-        raise InvalidInputError(f"attention must be one of {', '.join(ATTENTION_KERNELS)}, got {kernel!r}")
-    if kernel != "auto":
-        return kernel
-    if dtype == torch.bfloat16 and device.type == "cpu" and cpu_has_fast_bf16() and not cpu_has_amx():
-        return "chunked"
-    return "sdpa"
-
 
 #: Scores held at once by the chunked attention kernel (bytes = 2 x this in bf16).
 CHUNK_SCORES = 1 << 25

@@ -25,7 +25,7 @@ Paths (``--paths``, comma-separated):
   ``attn=chunked`` (the fast path's attention kernel; default: what ``auto`` picks on this machine).
 
 Every path runs in one process, so they share its C allocator: the bench tunes it first, as lbnl
-does when a reranker is created (:mod:`lbnl.runtime`), and the reference paths profit from that too;
+does when a reranker is created (:mod:`lbnl.hardware`), and the reference paths profit from that too;
 ``LBNL_MALLOC_TUNING=0`` measures everything with the allocator untouched.
 
 Model FLOPs of a prompt of T tokens (the work a plain decoder forward needs; no LM head):
@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import InvalidInputError
-from .runtime import release_memory
+from .hardware import release_memory
 
 #: The issue's workloads: queries x documents x tokens per document.
 DEFAULT_WORKLOADS = ("1x20x256", "1x100x128", "16x20x128")
@@ -105,14 +105,11 @@ class Workload:
 
 
 def find_scifact() -> Path | None:
-    """``$LBNL_SCIFACT``, else ``shared/data/scifact`` beside the project, else ``None``."""
+    """The BEIR SciFact directory named by ``$LBNL_SCIFACT`` when it holds the corpus, else ``None``
+    (the bench then uses synthetic text)."""
     env = os.environ.get("LBNL_SCIFACT")
-    candidates = [Path(env)] if env else []
-    for root in [Path.cwd(), *Path(__file__).resolve().parents]:
-        candidates.append(root / ".." / "shared" / "data" / "scifact")
-    for c in candidates:
-        if (c / "corpus.jsonl.gz").exists() and (c / "queries.jsonl.gz").exists():
-            return c.resolve()
+    if env and (Path(env) / "corpus.jsonl.gz").exists() and (Path(env) / "queries.jsonl.gz").exists():
+        return Path(env).resolve()
     return None
 
 
@@ -123,7 +120,7 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
 
 def build_inputs(workload: Workload, tokenizer: Any, data: Path | None, seed: int = 0
                  ) -> tuple[list[str], list[list[str]], str]:
-    """Queries and documents for a workload: SciFact claims and abstracts holding at least ``tokens`` tokens
+    """Queries and documents for a workload: a BEIR set's queries and documents holding at least ``tokens`` tokens
     (cut to exactly that many by ``max_doc_length``), or seeded synthetic text when ``data`` is ``None``."""
     rng = random.Random(seed)
     if data is not None:
@@ -140,7 +137,7 @@ def build_inputs(workload: Workload, tokenizer: Any, data: Path | None, seed: in
                 break
         if len(pool) >= workload.documents:
             picked = rng.sample(queries, workload.queries)
-            return picked, [rng.sample(pool, workload.documents) for _ in picked], f"SciFact ({data})"
+            return picked, [rng.sample(pool, workload.documents) for _ in picked], f"corpus text ({data})"
     words = ("protein cell study risk trial patients gene expression effect dose mouse model tumor "
              "immune response blood level increase reduce association cohort analysis therapy").split()
     text = lambda n: " ".join(rng.choice(words) for _ in range(n))  # noqa: E731
@@ -211,8 +208,7 @@ def measure_peaks(cap_seconds: float = 20.0) -> dict[str, Any]:
     emulated, under a time cap) and int8 dynamically quantized linear layers (2048 x 1024 x 3072)."""
     import torch
 
-    from .attention import resolve_attention
-    from .runtime import cpu_has_fast_bf16
+    from .hardware import cpu_has_fast_bf16, resolve_attention
 
     def best(fn: Callable[[], Any], flops: float, reps: int = 5, cap: float = cap_seconds) -> float:
         fn()
@@ -322,7 +318,7 @@ class PathSpec:
 
     @classmethod
     def parse(cls, text: str) -> "PathSpec":
-        from .reranker import PRESETS, fastest_weights
+        from .hardware import PRESETS, fastest_weights
 
         spec = ALIASES.get(text, text)
         kind, *options = spec.split(":")
@@ -374,21 +370,15 @@ class ReferenceScorer:
         import torch
         from safetensors import safe_open
         from transformers import AutoModelForCausalLM
-        from transformers.utils import logging as hf_logging
 
-        from .model import _safetensors_files
-        from .models import load_tokenizer
+        from .checkpoints.files import load_tokenizer, quiet_transformers, safetensors_files
 
         self.torch = torch
         self.tokenizer = load_tokenizer(path)
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-        try:
+        with quiet_transformers():
             self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True).eval()
-        finally:
-            hf_logging.set_verbosity(verbosity)
         weights = {}
-        for file in _safetensors_files(path):
+        for file in safetensors_files(path):
             with safe_open(str(file), framework="pt") as f:
                 weights.update({k: f.get_tensor(k) for k in f.keys() if k.startswith("projector.")})
         self.w0 = weights["projector.0.weight"].to(dtype)
@@ -502,8 +492,8 @@ class Loader:
                 return scorer
 
             return self._load(self.key(spec), build_reference)
-        from .model import quantize_int8
-        from .models import load_checkpoint
+        from .checkpoints import load_checkpoint
+        from .hardware import quantize_int8
         from .reranker import Reranker
 
         def build() -> Any:
@@ -517,7 +507,7 @@ class Loader:
 
         model, tokenizer = self._load(self.key(spec), build)
         reranker = Reranker(model, tokenizer, block_size=spec.block_size, fast_forward=spec.fast_forward,
-                            name=str(self.path), pointwise=spec.pointwise)
+                            name=self.path.name, pointwise=spec.pointwise)
         return LbnlScorer(reranker, spec.attention)
 
     def release(self, spec: PathSpec) -> None:
@@ -584,7 +574,7 @@ def run_workload(loader: Loader, specs: list[PathSpec], workload: Workload, shap
             tokenizer = loader.scorer(spec).tokenizer
             break
     if tokenizer is None:
-        from .models import load_tokenizer
+        from .checkpoints import load_tokenizer
 
         tokenizer = load_tokenizer(loader.path)
     queries, documents, source = build_inputs(workload, tokenizer, data)
@@ -672,7 +662,7 @@ def _top_agreement(a: list[list[float]], b: list[list[float]], k: int) -> float:
 
 def bench_checkpoint(shape: str, cache_dir: Path) -> Path:
     """A random checkpoint of a named shape (real Qwen3 tokenizer), built once under ``cache_dir``."""
-    from .models.random_init import QWEN3_0_6B, build_random_checkpoint
+    from .testing.checkpoints import QWEN3_0_6B, build_random_checkpoint
 
     if shape not in SHAPES:
         raise InvalidInputError(f"unknown shape {shape!r}; use one of {', '.join(SHAPES)}")
@@ -697,7 +687,7 @@ def run_bench(model: Path, specs: list[PathSpec], workloads: list[Workload], *, 
     import torch
     from transformers import AutoConfig
 
-    from .runtime import tune_allocator
+    from .hardware import tune_allocator
 
     if threads:
         torch.set_num_threads(threads)
@@ -774,7 +764,7 @@ def format_report(report: dict[str, Any], markdown: bool = False) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .model import resolve_checkpoint
+    from .checkpoints import resolve_checkpoint
 
     if args.repeats <= 0:
         raise InvalidInputError("--repeats must be positive")
@@ -835,8 +825,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--time-cap", type=float, default=DEFAULT_TIME_CAP,
                    help="skip a path whose estimated call time exceeds this many seconds (default 1800)")
-    p.add_argument("--data", default=None, help="SciFact directory for real text (default: found beside the "
-                   "project; 'none' for synthetic text)")
+    p.add_argument("--data", default=None, help="SciFact directory for real text (default: $LBNL_SCIFACT; "
+                   "'none' or unset: synthetic text)")
     p.add_argument("--quick", action="store_true", help=f"small workloads ({','.join(QUICK_WORKLOADS)}), 1 repeat")
     p.add_argument("--output", default=None, help="write the full report as JSON")
     p.add_argument("--keep-scores", action="store_true", help="keep every path's scores in the JSON")

@@ -1,88 +1,83 @@
-"""Score fusion: a reranker's scores blended with BM25's, per query.
+"""Lexical fusion: a reranker whose scores are blended with BM25 over each request's own documents.
 
-Two uses. The evaluation harness fuses reranked scores with the first stage's (corpus BM25) and
-reports the rows next to the reranker alone. A model too weak to rank alone (the built-in
-lbnl-small) ships with a fusion weight, and :class:`~lbnl.reranker.Reranker` then blends its scores
-with BM25 computed over the candidate documents of the request: the only lexical evidence a
-rerank call has, since it never sees the corpus.
+A model too small to rank alone (an early built-in lbnl-small) ships with a fusion setting in its
+checkpoint, and ``Reranker.from_pretrained`` then returns a :class:`FusedReranker` around the
+model: BM25 over the candidates is the only lexical evidence a rerank call has, since it never sees
+a corpus. Two transforms exist:
+
+- ``minmax``: ``w * minmax(model) + (1 - w) * minmax(bm25)`` over each request. Scores only compare
+  within one request (a lone document always scores 0).
+- ``fixed``: ``w * (1 + cos) / 2 + (1 - w) * bm25 / (bm25 + scale)``: every score in [0, 1] means the
+  same in every request, so thresholds and merged results stay meaningful.
 """
 
 from __future__ import annotations
 
-import threading
+import os
 from typing import Any, Sequence
 
-from .errors import InvalidInputError
+import numpy as np
 
-#: Fusion methods: reciprocal rank fusion and min-max linear interpolation.
-FUSIONS = ("rrf", "linear")
+from .checkpoints.info import Fusion
+from .ir.bm25 import candidate_bm25
+from .ir.fusion import minmax
+from .reranker import BaseReranker, Document, ScoredList, document_text
+
+#: BM25 value that the ``fixed`` transform maps to 0.5.
+FIXED_BM25_SCALE = 10.0
 
 
-def minmax(values: Sequence[float]) -> list[float]:
-    """Rescale to [0, 1]; all zeros when every value is equal."""
-    low, high = min(values), max(values)
-    return [(v - low) / (high - low) if high > low else 0.0 for v in values]
-
-
-def fuse(method: str, first_stage: Sequence[float], reranked: Sequence[float], *, weight: float = 0.5,
-         rrf_k: int = 60) -> list[float]:
-    """Combine first-stage and reranker scores of one query's candidates (aligned lists).
-
-    Args:
-        method: ``"rrf"`` (reciprocal rank fusion, ``1/(rrf_k + rank)`` summed over both rankings)
-            or ``"linear"`` (``weight * minmax(reranked) + (1 - weight) * minmax(first_stage)``).
-        first_stage: first-stage scores; for RRF the candidates must be in first-stage order.
-        reranked: reranker scores.
-        weight: the reranker's weight in linear fusion, in [0, 1].
-        rrf_k: the RRF rank offset (60 as in Cormack et al.).
-    """
-    if len(first_stage) != len(reranked):
-        raise ValueError("fusion needs aligned score lists")
-    if not reranked:
+def fuse_scores(fusion: Fusion, query: str, texts: Sequence[str], scores: Sequence[float]) -> list[float]:
+    """Blend one request's model scores with BM25 over its documents, as ``fusion`` says."""
+    if not scores:
         return []
-    if method == "linear":
-        if not 0 <= weight <= 1:
-            raise InvalidInputError(f"the fusion weight must be in [0, 1], got {weight}")
-        return [weight * r + (1 - weight) * f for f, r in zip(minmax(first_stage), minmax(reranked))]
-    if method == "rrf":
-        order = sorted(range(len(reranked)), key=lambda i: (-reranked[i], i))
-        rerank_rank = {i: r for r, i in enumerate(order, 1)}
-        return [1 / (rrf_k + i + 1) + 1 / (rrf_k + rerank_rank[i]) for i in range(len(reranked))]
-    raise InvalidInputError(f"unknown fusion {method!r} (choose from {', '.join(FUSIONS)})")
+    lexical = candidate_bm25(query, texts)
+    w = fusion.weight
+    if fusion.transform == "minmax":
+        return [w * m + (1 - w) * b for m, b in zip(minmax(scores), minmax(lexical))]
+    return [w * (1 + m) / 2 + (1 - w) * b / (b + FIXED_BM25_SCALE) for m, b in zip(scores, lexical)]
 
 
-_local = threading.local()
+class FusedReranker(BaseReranker):
+    """A reranker whose scores are fused with candidate BM25 (see the module docstring).
 
-
-def _stemmer() -> Any:
-    """One Snowball stemmer per thread (PyStemmer objects are not thread-safe)."""
-    if not hasattr(_local, "stemmer"):
-        import Stemmer
-
-        _local.stemmer = Stemmer.Stemmer("english")
-    return _local.stemmer
-
-
-def candidate_bm25(query: str, texts: Sequence[str]) -> list[float]:
-    """BM25 of ``query`` against an index of ``texts`` alone (term statistics from the candidates).
-
-    Same variant as lbnl's first stage: Lucene BM25, k1=0.9, b=0.4, English stopwords, Snowball
-    stemming. Candidates without any query term score 0.
+    Attributes of the wrapped reranker (``model``, ``tokenizer``, ``block_size``, ``count_tokens``...)
+    are reachable on the wrapper; ``reranker`` is the model alone.
     """
-    import bm25s
 
-    if not texts:
-        return []
-    stemmer = _stemmer()
-    corpus = bm25s.tokenize(list(texts), stopwords="en", stemmer=stemmer, show_progress=False)
-    terms = bm25s.tokenize([query], stopwords="en", stemmer=stemmer, return_ids=False, show_progress=False)[0]
-    if not terms or not any(corpus.ids):
-        return [0.0] * len(texts)
-    index = bm25s.BM25(method="lucene", k1=0.9, b=0.4)
-    index.index(corpus, show_progress=False)
-    return [float(s) for s in index.get_scores(terms)]
+    def __init__(self, reranker: BaseReranker, fusion: Fusion | float):
+        self.reranker = reranker
+        self.fusion = fusion if isinstance(fusion, Fusion) else Fusion(fusion)
+        self.name = reranker.name
 
+    def __getattr__(self, name: str) -> Any:
+        if name == "reranker":
+            raise AttributeError(name)
+        return getattr(self.reranker, name)
 
-def fuse_with_candidate_bm25(query: str, texts: Sequence[str], scores: Sequence[float], weight: float) -> list[float]:
-    """``weight * minmax(scores) + (1 - weight) * minmax(candidate_bm25(query, texts))``."""
-    return fuse("linear", candidate_bm25(query, texts), scores, weight=weight)
+    def score_lists(self, queries: Sequence[str], documents_per_query: Sequence[Sequence[Document]], *,
+                    return_embeddings: bool = False, **options: Any) -> list[ScoredList]:
+        scored = self.reranker.score_lists(queries, documents_per_query, return_embeddings=return_embeddings,
+                                           **options)
+        out = []
+        for query, docs, lst in zip(queries, documents_per_query, scored):
+            texts = [document_text(d, i) for i, d in enumerate(docs)]
+            out.append(ScoredList(fuse_scores(self.fusion, query, texts, lst.scores), lst.embeddings))
+        return out
+
+    def normalize(self, scores: np.ndarray) -> np.ndarray:
+        return np.asarray(scores, dtype=np.float64)
+
+    def settings(self) -> dict[str, Any]:
+        return {**self.reranker.settings(), "fusion": self.fusion.as_dict()}
+
+    def save_pretrained(self, path: str | os.PathLike[str]) -> None:
+        """The wrapped model's checkpoint, recording this fusion so that a reload scores identically."""
+        from .checkpoints import save_official
+
+        save_official(self.reranker.model, path, self.reranker.tokenizer, self.settings())
+
+    def describe(self) -> str:
+        """One line saying how scores are made (for the CLI and the server)."""
+        return (f"fused with BM25 over each request's documents ({self.fusion.transform}, "
+                f"model weight {self.fusion.weight:g})")

@@ -1,19 +1,17 @@
 """The LBNL prompt: template, sanitising, truncation and block planning.
 
 Pure text and token-id logic with no torch import, so it is testable on its own and shared by
-inference and training. Everything here follows ``shared/spec/lbnl.md`` sections 2 and 4.
+inference and training. Everything here follows docs/spec.md (prompt, truncation, blocks).
 """
 
 from __future__ import annotations
 
 from typing import Protocol, Sequence
 
-EMBED_TOKEN = "<|embed_token|>"
-RERANK_TOKEN = "<|rerank_token|>"
-SPECIAL_TOKENS = (EMBED_TOKEN, RERANK_TOKEN)
+from .defaults import DEFAULT_BLOCK_SIZE, EMBED_TOKEN, RERANK_TOKEN, SPECIAL_TOKENS
 
-#: Documents per prompt used by the official checkpoint.
-DEFAULT_BLOCK_SIZE = 125
+__all__ = ["DEFAULT_BLOCK_SIZE", "EMBED_TOKEN", "RERANK_TOKEN", "SPECIAL_TOKENS", "build_prompt", "plan_blocks",
+           "prompt_head", "sanitize", "truncate", "truncate_many"]
 
 SYSTEM_PROMPT = (
     "You are a search relevance expert who can determine a ranking of the passages based on how "

@@ -1,9 +1,5 @@
-"""Batch reranking of large files: ``lbnl rerank-batch``, with a local and a Ray engine.
+"""Batch reranking of large files (``lbnl rerank-batch``), with a local and a Ray engine.
 
-Importing this package stays light (argparse only); see :mod:`lbnl.batch.job` for the library
-entry point :func:`~lbnl.batch.job.run_batch`, and ``docs/batch.md`` for usage.
+Importing this package stays light; see :mod:`lbnl.batch.job` for the library entry point
+:func:`~lbnl.batch.job.run_batch`, and ``docs/batch.md`` for usage.
 """
-
-from .cli import register
-
-__all__ = ["register"]

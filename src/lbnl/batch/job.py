@@ -17,7 +17,7 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from ..errors import InvalidInputError
-from .cli import DEFAULT_BATCH_SIZE
+from ..defaults import BATCH_ROWS, MAX_DOC_LENGTH, MAX_QUERY_LENGTH
 from .parts import OUTPUT_SCHEMA, PartStore, write_part
 from .source import Chunk, ChunkReader, InputPlan, scan_input
 
@@ -44,10 +44,10 @@ class BatchSettings:
     model: str | None = None
     dtype: str | None = None
     device: str | None = None
-    batch_size: int = DEFAULT_BATCH_SIZE
+    batch_size: int = BATCH_ROWS
     top_n: int | None = None
-    max_query_length: int = 512
-    max_doc_length: int = 2048
+    max_query_length: int = MAX_QUERY_LENGTH
+    max_doc_length: int = MAX_DOC_LENGTH
     instruction: str | None = None
     no_fusion: bool = False
     preset: str | None = None
@@ -88,7 +88,7 @@ class BatchStats:
 def resolve_model(model: str | None) -> str | None:
     """An existing local checkpoint path made absolute (Ray workers may start elsewhere); a hub id as is."""
     if model is None:
-        from ..models.default import default_model_path
+        from ..checkpoints import default_model_path
 
         return str(default_model_path())
     path = Path(model).expanduser()
@@ -103,7 +103,7 @@ def load_reranker(settings: BatchSettings, threads: int | None = None) -> Any:
 
     if threads is not None:
         torch.set_num_threads(max(1, int(threads)))
-    options = {"fuse_bm25": None} if settings.no_fusion else {}
+    options = {"fusion": None} if settings.no_fusion else {}
     return Reranker.from_pretrained(settings.model, dtype=settings.dtype, device=settings.device,
                                     preset=settings.preset, **options)
 

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
-from .metrics import LABELS, METRICS
+from ..ir.metrics import LABELS, METRICS
 
 if TYPE_CHECKING:
     from .run import EvalResult

@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..errors import InvalidInputError
-from ..fusion import fuse_with_candidate_bm25
-from .beir import BeirDataset
-from .first_stage import DEFAULT_TOP_K, BM25Params, Hits, digest, first_stage_hits
-from .metrics import METRICS, PerQuery, mean_metrics, paired_tests, per_query_metrics
-from .scorers import FUSIONS, Scorer, fuse, order_by_scores, scorer_config
+from ..checkpoints.info import Fusion
+from ..fusion import fuse_scores
+from ..ir.beir import BeirDataset
+from ..ir.bm25 import DEFAULT_TOP_K, BM25Params, Hits, digest, first_stage_hits
+from ..ir.fusion import FUSIONS, fuse
+from ..ir.metrics import METRICS, PerQuery, mean_metrics, paired_tests, per_query_metrics
+from .scorers import Scorer, order_by_scores, scorer_config
 
 FIRST_STAGE = "bm25"
 
@@ -39,8 +41,8 @@ class EvalConfig:
         fusion: fusion rows to add (``"rrf"``, ``"linear"``).
         fusion_weight: the reranker's weight in linear fusion.
         candidate_fusion: model weights of extra rows fusing the reranker with BM25 over each
-            query's candidates only (what ``Reranker(fuse_bm25=w)`` does); ``None``: the weight the
-            model ships with, if any.
+            query's candidates only (what a checkpoint's fusion setting does, with its transform); ``None``:
+            the fusion the model ships with, if any.
         query_ids: evaluate exactly these queries (for example a training run's held-out slice);
             exclusive with ``max_queries``.
         rrf_k: the reciprocal-rank-fusion offset.
@@ -295,17 +297,19 @@ def run_evaluation(dataset: BeirDataset, scorer: Scorer | None, config: EvalConf
                 for q in query_ids
             }
             kinds[label] = f"fusion:{method}"
-        shipped = getattr(scorer, "shipped_fusion", None)
-        weights = config.candidate_fusion if config.candidate_fusion is not None else (
-            (shipped,) if shipped is not None else ())
-        for w in weights:
-            label = f"candidate-bm25(w={w:g})" + (" [shipped]" if w == shipped else "")
+        shipped: Fusion | None = getattr(scorer, "shipped_fusion", None)
+        transform = shipped.transform if shipped is not None else "minmax"
+        fusions = [Fusion(w, transform) for w in config.candidate_fusion] if config.candidate_fusion is not None \
+            else ([shipped] if shipped is not None else [])
+        for fusion in fusions:
+            tag = "" if fusion.transform == "minmax" else f",{fusion.transform}"
+            label = f"candidate-bm25(w={fusion.weight:g}{tag})" + (" [shipped]" if fusion == shipped else "")
             runs[label] = {
-                q: order_by_scores(doc_ids[q], fuse_with_candidate_bm25(
-                    dataset.queries[q], [dataset.document_text(d) for d in doc_ids[q]], scores[q], w))
+                q: order_by_scores(doc_ids[q], fuse_scores(
+                    fusion, dataset.queries[q], [dataset.document_text(d) for d in doc_ids[q]], scores[q]))
                 for q in query_ids
             }
-            kinds[label] = f"fusion:candidate-bm25-w{w:g}"
+            kinds[label] = f"fusion:candidate-bm25-w{fusion.weight:g}{tag}"
         if store is not None:
             seconds = sum(store.done[q].get("seconds", 0.0) for q in query_ids if q in store.done)
         documents = sum(len(hits[q]) for q in query_ids)

@@ -1,4 +1,4 @@
-"""The scorer interface the evaluation harness reranks through, its lbnl and first-stage scorers, and score fusion.
+"""The scorer interface the evaluation harness reranks through, and its lbnl and first-stage scorers.
 
 A scorer only maps (query, candidate texts) to scores, so a baseline, a pointwise model and an
 LBNL listwise model all run through the same harness and are measured the same way.
@@ -9,10 +9,13 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
 
+from ..defaults import MAX_DOC_LENGTH, MAX_QUERY_LENGTH
 from ..errors import InvalidInputError
-from ..fusion import FUSIONS, fuse  # noqa: F401 - re-exported for the harness
+
+if TYPE_CHECKING:
+    from ..reranker import BaseReranker
 
 
 @runtime_checkable
@@ -45,18 +48,21 @@ class FirstStageScorer:
         return [[float(len(docs) - i) for i in range(len(docs))] for docs in candidates]
 
 
-def _checkpoint_fingerprint(name: str) -> list[list[object]]:
-    path = Path(name)
+def _checkpoint_fingerprint(source: object) -> list[list[object]]:
+    if source is None:
+        return []
+    path = Path(str(source))
     if not path.is_dir():
         return []
     return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(path.iterdir()) if f.is_file()]
 
 
 class LBNLScorer:
-    """An lbnl :class:`~lbnl.reranker.Reranker` as a scorer.
+    """An lbnl reranker as a scorer.
 
     Args:
-        reranker: the loaded reranker (shared, not modified).
+        reranker: the loaded reranker (shared, not modified); a :class:`~lbnl.fusion.FusedReranker` is
+            scored through the model it wraps.
         max_doc_length: tokens kept per document.
         max_query_length: tokens kept of the query.
         block_size: documents per prompt (default: the reranker's, 125 for the official setup).
@@ -66,26 +72,30 @@ class LBNLScorer:
         instruction: optional instruction placed in every prompt.
         name: label in tables (default ``lbnl:<model>``, ``+pointwise`` when pointwise).
 
-    Scores are always the model's own: a reranker that ships with candidate-BM25 fusion has it
-    removed here and reported as ``shipped_fusion``, so the harness shows the model alone and
-    the fused row as shipped from one run.
+    Scores are always the model's own: a reranker that ships with candidate-BM25 fusion is read
+    through the model it wraps and its fusion reported as ``shipped_fusion``, so the harness shows
+    the model alone and the fused row as shipped from one run.
     """
 
-    def __init__(self, reranker: Any, *, max_doc_length: int = 2048, max_query_length: int = 512,
+    def __init__(self, reranker: "BaseReranker", *, max_doc_length: int = MAX_DOC_LENGTH,
+                 max_query_length: int = MAX_QUERY_LENGTH,
                  block_size: int | None = None, pointwise: bool | None = None, instruction: str | None = None,
                  name: str | None = None):
         for label, value in (("max_doc_length", max_doc_length), ("max_query_length", max_query_length),
                              ("block_size", block_size if block_size is not None else 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise InvalidInputError(f"{label} must be a positive integer, got {value!r}")
+        from ..reranker import Reranker
+
+        self.shipped_fusion = getattr(reranker, "fusion", None)
+        reranker = getattr(reranker, "reranker", reranker)
+        if not isinstance(reranker, Reranker):
+            raise InvalidInputError(f"LBNLScorer needs an lbnl Reranker, got {type(reranker).__name__}")
         pointwise = reranker.pointwise if pointwise is None else pointwise
-        self.shipped_fusion: float | None = reranker.fuse_bm25
-        if (block_size is not None and block_size != reranker.block_size) or pointwise != reranker.pointwise \
-                or reranker.fuse_bm25 is not None:
+        if (block_size is not None and block_size != reranker.block_size) or pointwise != reranker.pointwise:
             reranker = copy.copy(reranker)
             reranker.block_size = block_size or reranker.block_size
             reranker.pointwise = pointwise
-            reranker.fuse_bm25 = None
         self.reranker = reranker
         self.max_doc_length = max_doc_length
         self.max_query_length = max_query_length
@@ -97,8 +107,8 @@ class LBNLScorer:
     @property
     def config(self) -> dict[str, Any]:
         return {
-            "name": self.name, "model": str(self.reranker.name),
-            "checkpoint": _checkpoint_fingerprint(str(self.reranker.name)),
+            "name": self.name, "model": str(self.reranker.name), "source": str(self.reranker.source or ""),
+            "checkpoint": _checkpoint_fingerprint(self.reranker.source),
             "dtype": str(self.reranker.model.dtype), "max_doc_length": self.max_doc_length,
             "max_query_length": self.max_query_length, "block_size": self.reranker.block_size,
             "pointwise": self.pointwise, "instruction": self.instruction,
@@ -109,13 +119,7 @@ class LBNLScorer:
             raise InvalidInputError("score needs one candidate list per query")
         options = dict(max_doc_length=self.max_doc_length, max_query_length=self.max_query_length,
                        instruction=self.instruction)
-        out = []
-        for docs, results in zip(candidates, self.reranker.rerank_many(queries, candidates, **options)):
-            aligned = [0.0] * len(docs)
-            for r in results:
-                aligned[r.index] = r.relevance_score
-            out.append(aligned)
-        return out
+        return self.reranker.score_many(queries, candidates, **options)
 
 
 def order_by_scores(doc_ids: Sequence[str], scores: Sequence[float]) -> list[tuple[str, float]]:

@@ -26,7 +26,7 @@ Hit = tuple[str, float]
 
 
 class Searcher(Protocol):
-    """A first-stage retriever over a fixed corpus (:class:`lbnl.eval.first_stage.BM25Index` is one)."""
+    """A first-stage retriever over a fixed corpus (:class:`lbnl.ir.bm25.BM25Index` is one)."""
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]: ...
 
@@ -36,7 +36,7 @@ SearcherFactory = Callable[[list[str], list[str]], Searcher]
 
 def default_searcher(doc_ids: list[str], texts: list[str]) -> Searcher:
     """The BM25 first stage of the evaluation (same variant and parameters), used to mine negatives."""
-    from ..eval.first_stage import BM25Index
+    from ..ir.bm25 import BM25Index
 
     return BM25Index.build(doc_ids, texts)
 
@@ -78,7 +78,7 @@ class TrainData:
 
 
 def _corpus(root: Path) -> dict[str, dict[str, str]]:
-    from ..eval.beir import load_corpus
+    from ..ir.beir import load_corpus
 
     for name in ("corpus.jsonl", "corpus.jsonl.gz"):
         if (root / name).is_file():
@@ -105,7 +105,7 @@ def _cap(groups: list[Group], max_groups: int | None, seed: int) -> list[Group]:
 
 def beir_data(config: DataConfig, seed: int, searcher_factory: SearcherFactory = default_searcher) -> TrainData:
     """Groups from a BEIR split: one per (query, judged positive), negatives from the BM25 top ``negative_pool``."""
-    from ..eval.beir import document_text, load_beir
+    from ..ir.beir import document_text, load_beir
 
     root = Path(config.path or "")
     if not root.is_dir():

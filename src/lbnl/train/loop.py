@@ -23,10 +23,10 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..attention import resolve_attention, use_chunked_attention
+from ..attention import use_chunked_attention
+from ..checkpoints import save_official
 from ..errors import InvalidInputError
-from ..model import cpu_has_fast_bf16, resolve_device
-from ..runtime import release_memory, tune_allocator
+from ..hardware import cpu_has_fast_bf16, release_memory, resolve_attention, resolve_device
 from . import losses as L
 from .config import TrainConfig, render_yaml, to_dict
 from .data import Batch, ListEncoder, ListSampler, SearcherFactory, TrainData, build_train_data, collate, default_searcher
@@ -75,8 +75,8 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 
 
 def ndcg_at_10(rankings: dict[str, list[str]], qrels: dict[str, dict[str, int]]) -> float:
-    """Mean nDCG@10 (trec_eval through :mod:`lbnl.eval.metrics`) of ranked document ids per query."""
-    from ..eval.metrics import mean_metrics, per_query_metrics
+    """Mean nDCG@10 (trec_eval through :mod:`lbnl.ir.metrics`) of ranked document ids per query."""
+    from ..ir.metrics import mean_metrics, per_query_metrics
 
     return mean_metrics(per_query_metrics(qrels, rankings))["ndcg@10"]
 
@@ -117,8 +117,6 @@ class Trainer:
         random.seed(self.seed)
         torch.manual_seed(self.seed)
         self.device = resolve_device(config.model.device)
-        if self.device.type == "cpu":
-            tune_allocator()
         self.bf16 = _use_bf16(config.model.autocast, self.device)
         base = load_base(config.model.base or "", tokenizer_dir=config.model.tokenizer,
                          token_init=config.model.token_init, seed=self.seed)
@@ -379,7 +377,7 @@ class Trainer:
             if run.save_dtype:
                 merged.to(_DTYPES[run.save_dtype])
             model_dir = self.out / "model"
-            merged.save_pretrained(model_dir, self.tokenizer)
+            save_official(merged, model_dir, self.tokenizer, {"mode": "pointwise"} if self.config.mode == "pointwise" else None)
         summary = self._summary(history)
         (self.out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
         plot_log(self.out / LOG_FILE, self.out / PLOT_FILE)

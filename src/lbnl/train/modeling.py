@@ -21,10 +21,10 @@ from safetensors import safe_open
 from torch import nn
 
 from ..errors import CheckpointError
+from ..checkpoints import is_adapter_dir, load_checkpoint, load_tokenizer, save_official
+from ..checkpoints.adapter import base_tokenizer, load_backbone, save_adapter
+from ..defaults import EMBED_TOKEN, RERANK_TOKEN
 from ..model import LBNLModel, build_projector
-from ..models import load_checkpoint, load_tokenizer
-from ..models.adapter import base_tokenizer, is_adapter_dir, load_backbone, save_adapter
-from ..prompt import EMBED_TOKEN, RERANK_TOKEN
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def init_lbnl_from_causal_lm(
             layer.weight.uniform_(-bound, bound, generator=generator)
     model = LBNLModel(backbone, projector, ids[0], ids[1])
     if out_dir is not None:
-        model.save_pretrained(out_dir, tokenizer)
+        save_official(model, out_dir, tokenizer)
     return model, tokenizer
 
 
@@ -115,7 +115,7 @@ def load_base(
     """An LBNL model in float32 on the CPU from a checkpoint, an adapter, or a plain causal LM directory."""
     path = Path(base).expanduser()
     if not path.is_dir():
-        from ..models.adapter import resolve_base
+        from ..checkpoints.adapter import resolve_base
 
         path = resolve_base(str(base))
     if is_adapter_dir(path) or _has_projector(path):
@@ -289,7 +289,7 @@ class TrainableLBNL(nn.Module):
     def save_adapter(self, out_dir: str | os.PathLike[str], *, base: str, tokenizer: Any,
                      base_path: str | os.PathLike[str] | None = None, lora_dtype: torch.dtype = torch.float32,
                      extra: dict[str, Any] | None = None) -> Path:
-        """Write the compact adapter (LoRA runs only); see :mod:`lbnl.models.adapter`.
+        """Write the compact adapter (LoRA runs only); see :mod:`lbnl.checkpoints.adapter`.
 
         Args:
             out_dir: adapter directory.

@@ -42,7 +42,7 @@ class ServerProcess:
         """Spawn the process without waiting (so several servers can load at once)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "lbnl.cli", "serve", *self.args],
+            self.proc = subprocess.Popen([sys.executable, "-m", "lbnl", "serve", *self.args],
                                          stdout=log, stderr=subprocess.STDOUT, env=self.env)
         return self
 

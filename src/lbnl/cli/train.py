@@ -8,8 +8,9 @@ import signal
 from typing import Any
 
 
+
 def _run(args: argparse.Namespace) -> int:
-    from .config import TrainConfig, documented_keys, load_config, render_yaml
+    from ..train.config import TrainConfig, documented_keys, load_config, render_yaml
 
     if args.print_defaults:
         print(render_yaml(TrainConfig()), end="")
@@ -30,7 +31,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(render_yaml(config), end="")
         return 0
-    from .loop import train
+    from ..hardware import tune_allocator
+    from ..train.loop import train
+
+    tune_allocator()
 
     def stop(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
@@ -64,4 +68,4 @@ def register(subparsers: Any) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("--print-defaults", action="store_true", help="print every key with its default and documentation")
     p.add_argument("--list-keys", action="store_true", help="list every config key with its documentation")
-    p.set_defaults(func=_run)
+    p.set_defaults(func=_run, extra="train", needs=("peft", "yaml", "pytrec_eval", "bm25s", "Stemmer"))

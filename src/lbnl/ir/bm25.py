@@ -1,8 +1,9 @@
-"""The BM25 first stage (bm25s), cached on disk so a rerun is instant.
+"""BM25 (bm25s) with one parameter set: the first stage over a corpus (cached on disk so a rerun is
+instant), training's hard-negative mining, and the candidate BM25 that lexical fusion computes over a
+request's own documents.
 
 Lucene BM25 with Anserini's k1=0.9, b=0.4, English stopwords and Snowball (PyStemmer) stemming
-over ``title + " " + text``: the setup behind the published SciFact BM25 figures. Training mines
-hard negatives with the same index, so both sides see one first stage.
+over ``title + " " + text``: the setup behind the published SciFact BM25 figures.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -194,3 +196,37 @@ def first_stage_hits(dataset: BeirDataset, query_ids: Sequence[str] | None = Non
         tmp.write_text(json.dumps(cached))
         os.replace(tmp, path)
     return {q: cached[q] for q in wanted}
+
+
+_local = threading.local()
+
+
+def _thread_stemmer(name: str) -> Any:
+    """One Snowball stemmer per thread and language (PyStemmer objects are not thread-safe)."""
+    stemmers = _local.__dict__.setdefault("stemmers", {})
+    if name not in stemmers:
+        import Stemmer
+
+        stemmers[name] = Stemmer.Stemmer(name)
+    return stemmers[name]
+
+
+def candidate_bm25(query: str, texts: Sequence[str], params: BM25Params = BM25Params()) -> list[float]:
+    """BM25 of ``query`` against an index of ``texts`` alone (term statistics from these texts only).
+
+    Same variant and parameters as the first stage. Texts without any query term score 0.
+    """
+    import bm25s
+
+    if not texts:
+        return []
+    params.check()
+    stemmer = _thread_stemmer(params.stemmer)
+    corpus = bm25s.tokenize(list(texts), stopwords=params.stopwords, stemmer=stemmer, show_progress=False)
+    terms = bm25s.tokenize([query], stopwords=params.stopwords, stemmer=stemmer, return_ids=False,
+                           show_progress=False)[0]
+    if not terms or not any(corpus.ids):
+        return [0.0] * len(texts)
+    index = bm25s.BM25(method=params.method, k1=params.k1, b=params.b)
+    index.index(corpus, show_progress=False)
+    return [float(s) for s in index.get_scores(terms)]

@@ -6,11 +6,12 @@ import argparse
 import sys
 from typing import Any
 
-DEFAULT_BATCH_SIZE = 64
+from ..defaults import BATCH_ROWS as DEFAULT_BATCH_SIZE
+from .common import add_length_arguments, add_model_arguments
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .job import BatchSettings, run_batch
+    from ..batch.job import BatchSettings, run_batch
 
     settings = BatchSettings(
         model=args.model, dtype=args.dtype, device=args.device, no_fusion=args.no_fusion, preset=args.preset,
@@ -30,8 +31,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    from ..cli import add_model_arguments
-
     p = subparsers.add_parser(
         "rerank-batch", help="rerank a Parquet / JSON-lines file of queries and candidates",
         description="Rerank every row (query_id, query, doc_ids, documents) of a Parquet or JSON-lines file "
@@ -47,8 +46,7 @@ def register(subparsers: Any) -> None:
                    help=f"rows per chunk: one rerank call and one committed part (default {DEFAULT_BATCH_SIZE})")
     p.add_argument("--top-n", type=int, default=None, help="keep the best N documents per row (default: all)")
     p.add_argument("--instruction", default=None, help="optional instruction placed in every prompt")
-    p.add_argument("--max-query-length", type=int, default=512, help="query tokens kept (default 512)")
-    p.add_argument("--max-doc-length", type=int, default=2048, help="tokens kept per document (default 2048)")
+    add_length_arguments(p)
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing output and discard an unfinished run's parts")
     p.add_argument("--keep-parts", action="store_true", help="keep OUTPUT.parts/ after writing the output")
@@ -63,4 +61,4 @@ def register(subparsers: Any) -> None:
     ray.add_argument("--address", default=None,
                      help="Ray cluster to join, e.g. ray://head:10001 or auto (default: $RAY_ADDRESS, "
                           "else a new local Ray instance)")
-    p.set_defaults(func=_run)
+    p.set_defaults(func=_run, extra="batch", needs=("pyarrow",))

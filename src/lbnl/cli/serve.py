@@ -6,11 +6,14 @@ import argparse
 import os
 from typing import Any
 
-DEFAULT_PORT = 8080
+from ..defaults import MAX_BATCH_TOKENS
+from ..defaults import SERVE_PORT as DEFAULT_PORT
+from .common import add_length_arguments, add_model_arguments, model_options
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from .app import ServeSettings, serve
+    from ..hardware import tune_allocator
+    from ..serve.app import ServeSettings, serve
 
     settings = ServeSettings(
         model_name=args.served_model_name,
@@ -26,8 +29,9 @@ def _run_serve(args: argparse.Namespace) -> int:
         batch_delay_ms=args.test_batch_delay_ms,
     )
     settings.check()
-    from ..cli import model_options
     from ..reranker import Reranker
+
+    tune_allocator()
 
     reranker = Reranker.from_pretrained(args.model, **model_options(args), max_batch_tokens=settings.max_batch_tokens)
     serve(reranker, settings, host=args.host, port=args.port, log_level=args.log_level,
@@ -36,7 +40,6 @@ def _run_serve(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    from ..cli import add_model_arguments
 
     p = subparsers.add_parser(
         "serve", help="serve a rerank HTTP API (Jina/Cohere compatible)",
@@ -52,7 +55,7 @@ def register(subparsers: Any) -> None:
                    help="require 'Authorization: Bearer KEY' (default: $LBNL_API_KEY; unset means no key)")
     p.add_argument("--served-model-name", default=None,
                    help="model name shown in responses and /v1/models (default: the --model value)")
-    p.add_argument("--max-batch-tokens", type=int, default=16384,
+    p.add_argument("--max-batch-tokens", type=int, default=MAX_BATCH_TOKENS,
                    help="token budget of one batch of requests and of one forward (default 16384)")
     p.add_argument("--batch-wait-ms", type=float, default=5.0,
                    help="how long a request waits for others to batch with (default 5)")
@@ -63,8 +66,7 @@ def register(subparsers: Any) -> None:
                    help="largest request body; larger gets 413 (default 16 MiB)")
     p.add_argument("--request-timeout", type=float, default=60.0,
                    help="seconds a request may take, queueing included; later gets 504 (default 60)")
-    p.add_argument("--max-query-length", type=int, default=512, help="query tokens kept (default 512)")
-    p.add_argument("--max-doc-length", type=int, default=2048, help="tokens kept per document (default 2048)")
+    add_length_arguments(p)
     p.add_argument("--max-connections", type=int, default=1024,
                    help="connections handled at once; uvicorn answers 503 beyond (default 1024)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -72,4 +74,4 @@ def register(subparsers: Any) -> None:
     p.add_argument("--test-batch-delay-ms", type=float, default=0.0,
                    help="TESTING ONLY: sleep this long before every batch to simulate a slow model "
                         "(used by the overload and shutdown tests; default 0)")
-    p.set_defaults(func=_run_serve)
+    p.set_defaults(func=_run_serve, extra="serve", needs=("fastapi", "uvicorn", "pydantic", "prometheus_client"))

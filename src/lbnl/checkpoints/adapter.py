@@ -9,13 +9,12 @@ neither peft nor any training code: this is how a small trained model ships insi
 
 The base reference is a directory path (absolute, or relative to the adapter), a name that a
 registered resolver knows (see :func:`register_base_resolver`), the name of an adapter shipped in
-``lbnl/models/weights`` (adapters stack: a second training stage names the first), a base name that
-``lbnl.models.bases.resolve_base`` knows, or a Hugging Face hub id.
+``lbnl/checkpoints/weights`` (adapters stack: a second training stage names the first), a base name that
+``lbnl.checkpoints.bases.resolve_base`` knows, or a Hugging Face hub id.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from pathlib import Path
@@ -25,16 +24,16 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..defaults import SPECIAL_TOKENS
 from ..errors import CheckpointError
-from ..prompt import SPECIAL_TOKENS
-from ..model import LBNLModel, build_projector, resolve_checkpoint, resolve_device, resolve_dtype, special_token_ids
+from ..model import LBNLModel, special_token_ids
+from .files import assemble, load_tokenizer, projector_from_state, resolve_checkpoint
+from .files import load_backbone as load_plain_backbone
+from .info import ADAPTER_FILE, ADAPTER_FORMAT, ADAPTER_VERSION, CheckpointInfo, is_adapter_dir, read_info
 
-ADAPTER_FILE = "lbnl_adapter.json"
 LORA_FILE = "lora.safetensors"
 PROJECTOR_FILE = "projector.safetensors"
 TOKEN_ROWS_FILE = "token_rows.safetensors"
-FORMAT = "lbnl-adapter"
-VERSION = 1
 
 BaseResolver = Callable[[str], "Path | None"]
 _RESOLVERS: list[BaseResolver] = []
@@ -47,23 +46,13 @@ def register_base_resolver(resolver: BaseResolver) -> None:
 
 
 def _builtin_resolver(name: str) -> Path | None:
-    from .default import WEIGHTS_DIR
+    from . import bases
+    from .builtin import shipped_adapter
 
-    shipped = WEIGHTS_DIR / name
-    if name and "/" not in name and is_adapter_dir(shipped):
+    shipped = shipped_adapter(name)
+    if shipped is not None:
         return shipped
-    try:
-        bases = importlib.import_module("lbnl.models.bases")
-    except ModuleNotFoundError as exc:
-        if exc.name == "lbnl.models.bases":
-            return None
-        raise
-    return Path(bases.resolve_base(name))
-
-
-def is_adapter_dir(path: str | os.PathLike[str]) -> bool:
-    """True when ``path`` is an lbnl adapter directory."""
-    return (Path(path) / ADAPTER_FILE).is_file()
+    return Path(bases.resolve_base(name)) if name.strip().lower() in bases.BASES else None
 
 
 def resolve_base(reference: str, adapter_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -74,72 +63,43 @@ def resolve_base(reference: str, adapter_dir: str | os.PathLike[str] | None = No
     for c in candidates:
         if c.is_dir():
             return c.resolve()
-    for resolver in [*_RESOLVERS, _builtin_resolver]:
+    for resolver in _RESOLVERS:
         try:
             found = resolver(reference)
-        except (LookupError, CheckpointError):
+        except LookupError:
             found = None
         if found is not None:
             return Path(found)
+    found = _builtin_resolver(reference)  # a known name's own error (e.g. an offline download) is the real cause
+    if found is not None:
+        return found
     try:
         return resolve_checkpoint(reference)
-    except CheckpointError:
+    except CheckpointError as exc:
         raise CheckpointError(
-            f"the adapter's base model {reference!r} was not found: not a directory, not a registered base name, "
-            "and not downloadable"
+            f"the adapter's base model {reference!r} was not found: not a directory, not a registered or "
+            f"built-in base name, and not downloadable ({exc})"
         ) from None
 
 
 def load_backbone(path: str | os.PathLike[str]) -> nn.Module:
-    """The decoder of an LBNL checkpoint, an lbnl adapter (merged) or a plain causal LM, in float32 on the CPU."""
-    from transformers import AutoConfig, AutoModel
-    from transformers.utils import logging as hf_logging
-
-    path = Path(path)
+    """The float32 decoder of a base: a checkpoint or plain causal LM directory, or an adapter (merged)."""
     if is_adapter_dir(path):
-        return load_adapter(path, dtype=torch.float32, device="cpu")[0].backbone
-    if not (path / "config.json").exists():
-        raise CheckpointError(f"{path} has no config.json")
-    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        backbone, info = AutoModel.from_pretrained(path, config=config, dtype=torch.float32, use_safetensors=True,
-                                                   trust_remote_code=False, output_loading_info=True)
-    except OSError as exc:
-        raise CheckpointError(f"cannot load a model from {path}: {exc}") from exc
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    if info.get("missing_keys"):
-        raise CheckpointError(f"{path} lacks backbone weights: {sorted(info['missing_keys'])[:5]}")
-    return backbone
+        return load_adapter_parts(read_info(path))[0]
+    return load_plain_backbone(path)
 
 
 def base_tokenizer(base_path: str | os.PathLike[str]) -> Any:
     """The tokenizer of a base model directory with the two LBNL special tokens added when missing."""
-    from . import load_tokenizer
-
     if is_adapter_dir(base_path):
-        return adapter_tokenizer(base_path)
-    tokenizer = load_tokenizer(base_path)
+        return load_adapter_parts(read_info(base_path))[1]
+    return _with_special_tokens(load_tokenizer(base_path))
+
+
+def _with_special_tokens(tokenizer: Any) -> Any:
     missing = [t for t in SPECIAL_TOKENS if t not in tokenizer.get_vocab()]
     if missing:
         tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_additional_special_tokens=False)
-    return tokenizer
-
-
-def adapter_tokenizer(path: str | os.PathLike[str]) -> Any:
-    """An adapter's tokenizer: its own files, or its base's plus the special tokens (checked against the stored ids)."""
-    from . import load_tokenizer
-
-    meta = read_adapter_config(path)
-    if not meta.get("tokenizer", {}).get("from_base"):
-        return load_tokenizer(path)
-    tokenizer = base_tokenizer(resolve_base(meta["base_model"], path))
-    ids = dict(zip(SPECIAL_TOKENS, special_token_ids(tokenizer)))
-    if ids != meta["tokenizer"]["ids"]:
-        raise CheckpointError(f"the base tokenizer gives the special tokens the ids {ids}; the adapter was trained "
-                              f"with {meta['tokenizer']['ids']}")
     return tokenizer
 
 
@@ -209,8 +169,8 @@ def save_adapter(
         tokenizer.save_pretrained(out)
         tokenizer_meta = {"from_base": False}
     meta = {
-        "format": FORMAT,
-        "version": VERSION,
+        "format": ADAPTER_FORMAT,
+        "version": ADAPTER_VERSION,
         "base_model": base,
         "base": _fingerprint(base_config),
         "base_vocab_size": base_vocab_size,
@@ -226,13 +186,10 @@ def save_adapter(
 
 def read_adapter_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The parsed ``lbnl_adapter.json`` of an adapter directory."""
-    try:
-        meta = json.loads((Path(path) / ADAPTER_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"cannot read {Path(path) / ADAPTER_FILE}: {exc}") from exc
-    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise CheckpointError(f"{path}: not an lbnl adapter of version {VERSION}")
-    return meta
+    info = read_info(path)
+    if info.kind != "adapter":
+        raise CheckpointError(f"{path} is not an lbnl adapter directory (no {ADAPTER_FILE})")
+    return info.adapter
 
 
 def merge_lora(backbone: nn.Module, lora: Mapping[str, torch.Tensor], scaling: float) -> int:
@@ -243,31 +200,47 @@ def merge_lora(backbone: nn.Module, lora: Mapping[str, torch.Tensor], scaling: f
             module = backbone.get_submodule(name)
         except AttributeError:
             raise CheckpointError(f"the base model has no layer {name!r}; is this adapter for another base?") from None
+        if f"{name}.lora_A" not in lora or f"{name}.lora_B" not in lora:
+            raise CheckpointError(f"the adapter's LoRA factors for {name} are incomplete")
         a, b = lora[f"{name}.lora_A"].float(), lora[f"{name}.lora_B"].float()
         weight = module.weight
-        if tuple(weight.shape) != (b.shape[0], a.shape[1]):
+        if a.ndim != 2 or b.ndim != 2 or tuple(weight.shape) != (b.shape[0], a.shape[1]) or a.shape[0] != b.shape[1]:
             raise CheckpointError(f"LoRA shapes for {name} do not fit the base weight {tuple(weight.shape)}")
         with torch.no_grad():
             weight.add_((scaling * (b @ a)).to(weight.dtype))
     return len(names)
 
 
-def load_adapter(
-    path: str | os.PathLike[str],
-    *,
-    dtype: str | torch.dtype | None = None,
-    device: str | torch.device | None = None,
-) -> tuple[LBNLModel, Any]:
-    """Load the base, apply the adapter (merged), and return an :class:`LBNLModel` with the adapter's tokenizer."""
-    path = Path(path)
-    meta = read_adapter_config(path)
+def _load_tensors(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(file))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several kinds for a damaged file
+        raise CheckpointError(f"cannot read {file}: {exc}") from exc
+
+
+def load_adapter_parts(info: CheckpointInfo, _seen: tuple[Path, ...] = ()) -> tuple[nn.Module, Any, nn.Sequential]:
+    """The merged float32 backbone (on the CPU), the tokenizer and the projector of an adapter; adapters
+    stacked on adapters are loaded level by level, each ``lbnl_adapter.json`` read once."""
+    path, meta = info.path, info.adapter
+    here = path.resolve()
+    if here in _seen:
+        raise CheckpointError(f"adapter cycle: {' -> '.join(str(p) for p in (*_seen, here))}")
     for name in (LORA_FILE, PROJECTOR_FILE, TOKEN_ROWS_FILE):
         if not (path / name).is_file():
             raise CheckpointError(f"adapter {path} lacks {name}")
     base_path = resolve_base(meta["base_model"], path)
-    tokenizer = adapter_tokenizer(path)
-    embed_id, rerank_id = special_token_ids(tokenizer)
-    backbone = load_backbone(base_path)
+    if is_adapter_dir(base_path):
+        backbone, base_tok, _ = load_adapter_parts(read_info(base_path), (*_seen, here))
+    else:
+        backbone, base_tok = load_plain_backbone(base_path), None
+    if meta.get("tokenizer", {}).get("from_base"):
+        tokenizer = base_tok if base_tok is not None else _with_special_tokens(load_tokenizer(base_path))
+        ids = dict(zip(SPECIAL_TOKENS, special_token_ids(tokenizer)))
+        if ids != meta["tokenizer"].get("ids"):
+            raise CheckpointError(f"the base tokenizer gives the special tokens the ids {ids}; the adapter was "
+                                  f"trained with {meta['tokenizer'].get('ids')}")
+    else:
+        tokenizer = load_tokenizer(path)
     found = _fingerprint(backbone.config)
     expected = {k: v for k, v in meta.get("base", {}).items() if v is not None}
     wrong = {k: (v, found.get(k)) for k, v in expected.items() if found.get(k) != v}
@@ -275,23 +248,34 @@ def load_adapter(
         raise CheckpointError(f"the base model {meta['base_model']!r} does not match the adapter "
                               f"(expected, found): {wrong}")
     rows_now = backbone.get_input_embeddings().num_embeddings
-    if rows_now != meta["base_vocab_size"]:
+    if rows_now != meta.get("base_vocab_size"):
         raise CheckpointError(f"the base model has {rows_now} embedding rows; the adapter expects "
-                              f"{meta['base_vocab_size']}")
-    if meta["vocab_size"] > rows_now:
+                              f"{meta.get('base_vocab_size')}")
+    if meta.get("vocab_size", rows_now) > rows_now:
         backbone.resize_token_embeddings(meta["vocab_size"], mean_resizing=False)
-    rows = load_file(str(path / TOKEN_ROWS_FILE))
+    rows = _load_tensors(path / TOKEN_ROWS_FILE)
     embedding = backbone.get_input_embeddings().weight
-    if rows["rows"].shape[1] != embedding.shape[1]:
+    if set(rows) != {"ids", "rows"} or rows["rows"].ndim != 2 or rows["rows"].shape[1] != embedding.shape[1] \
+            or rows["ids"].shape[0] != rows["rows"].shape[0]:
         raise CheckpointError("the adapter's token rows do not fit the base hidden size")
+    if rows["ids"].numel() and (int(rows["ids"].min()) < 0 or int(rows["ids"].max()) >= embedding.shape[0]):
+        raise CheckpointError("the adapter's token rows name ids outside the vocabulary")
     with torch.no_grad():
         embedding[rows["ids"]] = rows["rows"].to(embedding.dtype)
-    merge_lora(backbone, load_file(str(path / LORA_FILE)), float(meta["lora_scaling"]))
-    state = load_file(str(path / PROJECTOR_FILE))
-    projector = build_projector(backbone.config.hidden_size, state["0.weight"].shape[0], state["2.weight"].shape[0])
-    projector.load_state_dict(state)
-    device_ = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, meta.get("dtype", "float32"), device_)
-    backbone.config.dtype = torch_dtype
-    model = LBNLModel(backbone, projector, embed_id, rerank_id).to(device=device_, dtype=torch_dtype)
-    return model.eval(), tokenizer
+    merge_lora(backbone, _load_tensors(path / LORA_FILE), float(meta["lora_scaling"]))
+    projector = projector_from_state(_load_tensors(path / PROJECTOR_FILE), backbone.config.hidden_size, str(path))
+    return backbone, tokenizer, projector
+
+
+def load_adapter(
+    path: str | os.PathLike[str] | CheckpointInfo,
+    *,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+) -> tuple[LBNLModel, Any]:
+    """Load the base, apply the adapter (merged), and return an :class:`LBNLModel` with the adapter's tokenizer."""
+    info = path if isinstance(path, CheckpointInfo) else read_info(path)
+    backbone, tokenizer, projector = load_adapter_parts(info)
+    model = assemble(backbone, projector, tokenizer, dtype=dtype, recorded_dtype=info.adapter.get("dtype", "float32"),
+                     device=device)
+    return model, tokenizer

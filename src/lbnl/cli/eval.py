@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInputError
+from .common import add_length_arguments, add_model_arguments, model_options
 
 
 def _default_output(data: str, split: str, model: str | None) -> Path:
@@ -38,10 +39,10 @@ def _query_ids(path: str | None) -> tuple[str, ...] | None:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from .beir import load_beir
-    from .first_stage import BM25Params
-    from .report import format_table
-    from .run import EvalConfig, run_evaluation
+    from ..eval.report import format_table
+    from ..eval.run import EvalConfig, run_evaluation
+    from ..ir.beir import load_beir
+    from ..ir.bm25 import BM25Params
 
     first_stage_only = args.model is not None and args.model.lower() == "none"
     fusion = tuple(f for f in args.fusion.split(",") if f) if args.fusion not in ("", "none") else ()
@@ -57,9 +58,11 @@ def _run_eval(args: argparse.Namespace) -> int:
     dataset = load_beir(args.data, args.split)
     scorer = None
     if not first_stage_only:
-        from ..cli import model_options
+        from ..hardware import tune_allocator
         from ..reranker import Reranker
-        from .scorers import LBNLScorer
+
+        tune_allocator()
+        from ..eval.scorers import LBNLScorer
 
         reranker = Reranker.from_pretrained(args.model, **model_options(args))
         scorer = LBNLScorer(reranker, max_doc_length=args.max_doc_length, max_query_length=args.max_query_length,
@@ -74,7 +77,6 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    from ..cli import add_model_arguments
 
     p = subparsers.add_parser(
         "eval", help="nDCG@10 on a BEIR dataset: BM25 first stage vs reranked",
@@ -86,8 +88,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--data", required=True, help="BEIR-layout directory (corpus.jsonl, queries.jsonl, qrels/)")
     p.add_argument("--split", default="test", help="qrels split (default test)")
     p.add_argument("--top-k", type=int, default=100, help="BM25 hits reranked per query (default 100)")
-    p.add_argument("--max-doc-length", type=int, default=2048, help="tokens kept per document (default 2048)")
-    p.add_argument("--max-query-length", type=int, default=512, help="tokens kept of the query (default 512)")
+    add_length_arguments(p)
     p.add_argument("--max-queries", type=int, default=None,
                    help="evaluate a fixed seeded sample of N queries (default: all)")
     p.add_argument("--query-ids", default=None,
@@ -117,4 +118,4 @@ def register(subparsers: Any) -> None:
     p.add_argument("--cache-dir", default=None, help="BM25 cache (default $LBNL_CACHE/bm25 or ~/.cache/lbnl/bm25)")
     p.add_argument("--no-plot", action="store_true", help="skip ndcg_delta.png")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_run_eval)
+    p.set_defaults(func=_run_eval, extra="eval", needs=("pytrec_eval", "scipy", "bm25s", "Stemmer"))

@@ -1,0 +1,243 @@
+"""What the machine can do and how to run on it: device and dtype choice, CPU features, speed presets,
+int8 weights, the attention kernel, and the C allocator's handling of large tensors.
+
+Allocator tuning is process-wide, so the library never does it on its own: entry points that own
+their process (the CLI, the server, the benchmark, a training run) call :func:`tune_allocator`.
+glibc serves every allocation above its mmap threshold with fresh pages and returns them on free,
+so each large activation of a forward pass is page-faulted in again on every layer (on an AMD EPYC
+this made elementwise kernels several times slower: docs/results.md). Tuning keeps large blocks in
+the heap; ``LBNL_MALLOC_TUNING=0`` opts out. Nothing happens on systems without glibc.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import threading
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import torch
+from torch import nn
+
+from .defaults import DEFAULT_BLOCK_SIZE
+from .errors import CheckpointError, InvalidInputError
+
+# --- CPU features -------------------------------------------------------------------------------
+
+
+def _torch_cpu_flag(name: str) -> bool | None:
+    probe = getattr(torch.cpu, name, None)
+    if probe is None:
+        return None
+    try:
+        return bool(probe())
+    except Exception:  # noqa: BLE001 - a probe that fails says nothing
+        return None
+
+
+@lru_cache(maxsize=1)
+def _cpuinfo() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _has(torch_probe: str, cpuinfo_flag: str) -> bool:
+    found = _torch_cpu_flag(torch_probe)
+    return found if found is not None else cpuinfo_flag in _cpuinfo()
+
+
+def cpu_has_amx() -> bool:
+    """True when this CPU has AMX tiles for bf16 (Intel Xeon 4th generation and later)."""
+    return _has("_is_amx_tile_supported", "amx_bf16")
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when this CPU multiplies bf16 natively (AMX or AVX512-BF16); elsewhere bf16 is emulated and slow."""
+    return cpu_has_amx() or _has("_is_avx512_bf16_supported", "avx512_bf16")
+
+
+def cpu_features() -> dict[str, Any]:
+    """What torch reports of this CPU, for benchmark and log records."""
+    return {"capability": torch.backends.cpu.get_cpu_capability(), "amx": cpu_has_amx(),
+            "fast_bf16": cpu_has_fast_bf16(), "cores": os.cpu_count()}
+
+
+# --- device and dtype ---------------------------------------------------------------------------
+
+DTYPE_NAMES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` picks CUDA when present, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InvalidInputError(f"unknown device {device!r}: {exc}") from None
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, checkpoint_dtype: Any, device: torch.device) -> torch.dtype:
+    """Pick the compute dtype: the caller's, else the checkpoint's, float32 where the device lacks fast half precision."""
+    if dtype is not None and dtype != "auto":
+        if isinstance(dtype, torch.dtype):
+            return dtype
+        if str(dtype).lower() not in DTYPE_NAMES:
+            raise CheckpointError(f"unknown dtype {dtype!r}; use one of float32, bfloat16, float16")
+        return DTYPE_NAMES[str(dtype).lower()]
+    if isinstance(checkpoint_dtype, str):
+        checkpoint_dtype = DTYPE_NAMES.get(checkpoint_dtype.lower(), torch.float32)
+    if not isinstance(checkpoint_dtype, torch.dtype):
+        checkpoint_dtype = torch.float32
+    if device.type == "cpu" and checkpoint_dtype != torch.float32:
+        if checkpoint_dtype == torch.float16 or not cpu_has_fast_bf16():
+            return torch.float32
+    return checkpoint_dtype
+
+
+# --- presets and int8 ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Named speed settings: documents per prompt and weight quantization."""
+
+    block_size: int
+    quantize: str | None = None
+    description: str = ""
+
+
+#: ``Reranker.from_pretrained(..., preset=name)``. Only ``default`` reproduces the official scores;
+#: see docs/performance.md for what the others cost in speed and ranking quality.
+PRESETS: dict[str, Preset] = {
+    "default": Preset(DEFAULT_BLOCK_SIZE, None, "the spec: up to 125 documents per prompt, exact scores"),
+    "fast": Preset(16, None, "16 documents per prompt: less attention, different scores"),
+    "fastest": Preset(16, "auto", "16 documents per prompt and the fastest weights for the device: bf16 on GPUs "
+                                  "and on CPUs with AMX or AVX512-BF16, int8 linear layers on other CPUs"),
+}
+
+
+def preset(name: str | None) -> Preset:
+    """The named preset (``None``: the spec's ``default``); a clear error for an unknown name."""
+    if name is not None and name not in PRESETS:
+        raise InvalidInputError(f"unknown preset {name!r}; use one of {', '.join(PRESETS)}")
+    return PRESETS[name or "default"]
+
+
+def fastest_weights(device: str | torch.device | None, dtype: str | torch.dtype | None) -> tuple[str | None, Any]:
+    """``(quantize, dtype)`` of the ``fastest`` preset: bf16 where it is native (GPUs, AMX / AVX512-BF16
+    CPUs), int8 dynamic quantization of a float32 model on other CPUs; an explicit ``dtype`` is kept."""
+    on_cpu = resolve_device(device).type == "cpu"
+    if dtype is not None:
+        return ("int8" if on_cpu and str(dtype).removeprefix("torch.") in ("float32", "fp32", "float") else None), dtype
+    if not on_cpu or cpu_has_fast_bf16():
+        return None, "bfloat16"
+    return "int8", None
+
+
+def weight_plan(quantize: str | None, device: str | torch.device | None,
+                dtype: str | torch.dtype | None) -> tuple[str | None, Any]:
+    """``(quantize, dtype)`` to load with: ``auto`` resolved as :func:`fastest_weights`, int8 loading float32."""
+    if quantize == "auto":
+        quantize, dtype = fastest_weights(device, dtype)
+    if quantize == "none":
+        quantize = None
+    if quantize not in (None, "int8"):
+        raise InvalidInputError(f"unknown quantization {quantize!r}; use int8 or none")
+    if quantize == "int8" and dtype is None:
+        dtype = "float32"
+    return quantize, dtype
+
+
+def quantize_int8(model: Any) -> Any:
+    """Replace the decoder's linear layers by int8 dynamically quantized ones, in place (CPU, float32 only).
+
+    Weights are stored in int8 and activations quantized per call (fbgemm); the projector stays in
+    float32. Scores move: measure the ranking quality before relying on it (docs/performance.md).
+    """
+    if model.device.type != "cpu" or model.dtype != torch.float32:
+        raise InvalidInputError("int8 quantization needs a float32 model on the CPU (use dtype='float32', device='cpu')")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.ao.quantization.quantize_dynamic(model.backbone, {nn.Linear}, dtype=torch.qint8, inplace=True)
+    model.quantized = "int8"
+    return model
+
+
+# --- attention kernel ---------------------------------------------------------------------------
+
+#: ``LBNLModel.attention``: how the fast path computes causal self-attention.
+ATTENTION_KERNELS = ("auto", "sdpa", "chunked")
+
+
+def resolve_attention(kernel: str, dtype: torch.dtype, device: torch.device) -> str:
+    """The attention kernel ``auto`` stands for: ``chunked`` for bf16 on a CPU without AMX, else ``sdpa``.
+
+    Without AMX, torch's CPU flash-attention kernel multiplies bf16 no faster than float32, while the
+    chunked kernel's batched matmuls run at bf16 speed (docs/results.md has the measurement).
+    """
+    if kernel not in ATTENTION_KERNELS:
+        raise InvalidInputError(f"attention must be one of {', '.join(ATTENTION_KERNELS)}, got {kernel!r}")
+    if kernel != "auto":
+        return kernel
+    if dtype == torch.bfloat16 and device.type == "cpu" and cpu_has_fast_bf16() and not cpu_has_amx():
+        return "chunked"
+    return "sdpa"
+
+
+# --- the C allocator ----------------------------------------------------------------------------
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_LOCK = threading.Lock()
+_STATE: dict[str, bool] = {}
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt  # noqa: B018 - glibc only
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+def tune_allocator() -> bool:
+    """Keep large allocations in the heap and freed memory in the process (glibc ``mallopt``); once per
+    process. Returns whether the allocator is tuned; ``LBNL_MALLOC_TUNING=0`` turns it off."""
+    with _LOCK:
+        if "tuned" not in _STATE:
+            _STATE["tuned"] = False
+            if os.environ.get("LBNL_MALLOC_TUNING", "1").strip().lower() not in ("0", "false", "no", "off"):
+                libc = _libc()
+                if libc is not None:
+                    _STATE["tuned"] = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(
+                        libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+        return _STATE["tuned"]
+
+
+def allocator_tuned() -> bool:
+    """Whether :func:`tune_allocator` has tuned this process's allocator."""
+    return _STATE.get("tuned", False)
+
+
+def release_memory() -> None:
+    """Collect garbage and hand the heap's free pages back to the system (glibc ``malloc_trim``): the resident
+    size then reflects live memory again (a tuned allocator otherwise keeps its high-water mark)."""
+    import gc
+
+    gc.collect()
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
