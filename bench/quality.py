@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from lbnl.benchmark import find_scifact
+from lbnl.bench import find_scifact
 
 
 #: weights setting -> (dtype, quantization, attention kernel of the fast path)

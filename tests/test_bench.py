@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lbnl.benchmark import DecoderShape, Loader, PathSpec, Workload, build_inputs, prompt_lengths, run_workload
+from lbnl.bench import DecoderShape, Loader, PathSpec, Workload, build_inputs, prompt_lengths, run_workload
 from lbnl.errors import InvalidInputError
 from lbnl.hardware import cpu_has_fast_bf16
 from lbnl.testing.checkpoints import QWEN3_0_6B

@@ -1,0 +1,97 @@
+"""The path mini-language: which ways of scoring a run compares (``--paths``, comma-separated).
+
+- ``reference-fp32``, ``reference-bf16``: the official remote code's computation, re-implemented
+  (:mod:`lbnl.bench.reference`).
+- ``hf``: lbnl's reranker with ``fast_forward=False`` (the plain transformers forward), float32.
+- ``default``, ``fast``, ``fastest``: lbnl's presets (:data:`lbnl.reranker.PRESETS`); ``default`` and
+  ``fast`` in float32, ``fastest`` with the weights it picks on this machine (bf16 with AMX, else int8).
+- ``default-bf16``, ``fast-bf16``: the same in bfloat16 (what ``default`` computes for the official
+  bf16 checkpoint on a CPU with AMX or AVX512-BF16).
+- ``pointwise``: one prompt per document, as separate queries in one batched call.
+- custom: ``lbnl:opt:opt...`` with options ``block=N``, ``int8``, ``bf16``, ``hf``, ``pointwise``,
+  ``compile`` (``torch.compile`` of the fast path's norms and SiLU product), ``attn=sdpa`` or
+  ``attn=chunked`` (the fast path's attention kernel; default: what ``auto`` picks on this machine).
+
+Light at import: :mod:`lbnl.hardware` (torch) loads when a preset is parsed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import InvalidInputError
+
+DEFAULT_PATHS = ("reference-fp32", "reference-bf16", "hf", "default", "default-bf16", "fast-bf16", "fastest")
+ALIASES = {
+    "reference-fp32": "reference:fp32",
+    "reference-bf16": "reference:bf16",
+    "hf": "lbnl:hf",
+    "default": "lbnl",
+    "default-bf16": "lbnl:bf16",
+    "fast": "lbnl:preset=fast",
+    "fast-bf16": "lbnl:preset=fast:bf16",
+    "fastest": "lbnl:preset=fastest",
+    "pointwise": "lbnl:pointwise",
+    "pointwise-hf": "lbnl:pointwise:hf",
+}
+
+
+@dataclass
+class PathSpec:
+    """One way of scoring, parsed from ``reference:fp32`` or ``lbnl:block=16:int8`` (or an alias)."""
+
+    name: str
+    kind: str
+    dtype: str = "float32"
+    block_size: int = 125
+    quantize: str | None = None
+    fast_forward: bool = True
+    pointwise: bool = False
+    compile: bool = False
+    attention: str = "auto"
+
+    @classmethod
+    def parse(cls, text: str) -> "PathSpec":
+        from ..hardware import PRESETS, fastest_weights
+
+        spec = ALIASES.get(text, text)
+        kind, *options = spec.split(":")
+        if kind not in ("reference", "lbnl"):
+            raise InvalidInputError(f"unknown path {text!r}; use {', '.join(ALIASES)} or lbnl:OPTION:OPTION...")
+        path = cls(name=text, kind=kind)
+        for option in options:
+            key, _, value = option.partition("=")
+            if key in ("fp32", "float32"):
+                path.dtype = "float32"
+            elif key in ("bf16", "bfloat16"):
+                path.dtype = "bfloat16"
+            elif key == "int8" and kind == "lbnl":
+                path.quantize = "int8"
+            elif key == "hf" and kind == "lbnl":
+                path.fast_forward = False
+            elif key == "pointwise" and kind == "lbnl":
+                path.pointwise, path.block_size = True, 1
+            elif key == "compile" and kind == "lbnl":
+                path.compile = True
+            elif key == "attn" and kind == "lbnl" and value in ("sdpa", "chunked"):
+                path.attention = value
+            elif key == "block" and kind == "lbnl" and value.isdigit() and int(value) > 0:
+                path.block_size = int(value)
+            elif key == "preset" and kind == "lbnl" and value in PRESETS:
+                path.block_size, path.quantize = PRESETS[value].block_size, PRESETS[value].quantize
+                if path.quantize == "auto":
+                    quantize, dtype = fastest_weights("cpu", None)
+                    path.quantize, path.dtype = quantize, dtype or path.dtype
+            else:
+                raise InvalidInputError(f"path {text!r}: unknown option {option!r}")
+        return path
+
+    def describe(self) -> str:
+        if self.kind == "reference":
+            return f"official path (AutoModelForCausalLM, hidden states, 125/prompt), {self.dtype}"
+        parts = ["pointwise" if self.pointwise else f"{self.block_size}/prompt", self.dtype]
+        parts += ["int8"] if self.quantize else []
+        parts += ["transformers forward"] if not self.fast_forward else []
+        parts += ["torch.compile"] if self.compile else []
+        parts += [f"{self.attention} attention"] if self.attention != "auto" else []
+        return "lbnl, " + ", ".join(parts)

@@ -1,0 +1,87 @@
+"""Workloads and their inputs: ``QUERIESxDOCUMENTSxTOKENS`` and the texts a bench call scores.
+
+Every path of a run scores the same inputs, built here once per workload: real SciFact text
+(``$LBNL_SCIFACT`` or ``--data``) cut to an exact token length, or seeded synthetic text when
+the data is absent, so runs on machines without the data still work and stay reproducible.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidInputError
+
+#: The issue's workloads: queries x documents x tokens per document.
+DEFAULT_WORKLOADS = ("1x20x256", "1x100x128", "16x20x128")
+QUICK_WORKLOADS = ("1x6x48", "1x20x16", "3x4x24")
+
+
+@dataclass(frozen=True)
+class Workload:
+    """``queries`` queries, each with ``documents`` documents of exactly ``tokens`` tokens."""
+
+    queries: int
+    documents: int
+    tokens: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.queries}x{self.documents}x{self.tokens}"
+
+    @classmethod
+    def parse(cls, text: str) -> "Workload":
+        parts = text.lower().split("x")
+        try:
+            values = [int(p) for p in parts]
+        except ValueError:
+            values = []
+        if len(values) != 3 or min(values) <= 0:
+            raise InvalidInputError(f"workload {text!r} is not QUERIESxDOCUMENTSxTOKENS, e.g. 1x20x256")
+        return cls(*values)
+
+
+def find_scifact() -> Path | None:
+    """The BEIR SciFact directory named by ``$LBNL_SCIFACT`` when it holds the corpus, else ``None``
+    (the bench then uses synthetic text)."""
+    env = os.environ.get("LBNL_SCIFACT")
+    if env and (Path(env) / "corpus.jsonl.gz").exists() and (Path(env) / "queries.jsonl.gz").exists():
+        return Path(env).resolve()
+    return None
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def build_inputs(workload: Workload, tokenizer: Any, data: Path | None, seed: int = 0
+                 ) -> tuple[list[str], list[list[str]], str]:
+    """Queries and documents for a workload: a BEIR set's queries and documents holding at least ``tokens`` tokens
+    (cut to exactly that many by ``max_doc_length``), or seeded synthetic text when ``data`` is ``None``."""
+    rng = random.Random(seed)
+    if data is not None:
+        queries = [q["text"] for q in _jsonl(data / "queries.jsonl.gz")]
+        corpus = [f"{d.get('title', '')} {d.get('text', '')}".strip() for d in _jsonl(data / "corpus.jsonl.gz")]
+        rng.shuffle(corpus)
+        pool: list[str] = []
+        need = workload.documents * min(workload.queries, 4)
+        for start in range(0, len(corpus), 512):
+            chunk = corpus[start:start + 512]
+            counts = [len(ids) for ids in tokenizer(chunk, add_special_tokens=False)["input_ids"]]
+            pool += [t for t, n in zip(chunk, counts) if n >= workload.tokens]
+            if len(pool) >= need:
+                break
+        if len(pool) >= workload.documents:
+            picked = rng.sample(queries, workload.queries)
+            return picked, [rng.sample(pool, workload.documents) for _ in picked], f"corpus text ({data})"
+    words = ("protein cell study risk trial patients gene expression effect dose mouse model tumor "
+             "immune response blood level increase reduce association cohort analysis therapy").split()
+    text = lambda n: " ".join(rng.choice(words) for _ in range(n))  # noqa: E731
+    queries = [text(12) for _ in range(workload.queries)]
+    return queries, [[text(workload.tokens * 2) for _ in range(workload.documents)] for _ in queries], "synthetic"
