@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from lbnl import CheckpointError, Reranker
+from lbnl import CheckpointError, Fusion, FusedReranker, Reranker
 from lbnl.checkpoints import load_checkpoint, save_official
 from lbnl.checkpoints.adapter import ADAPTER_FILE, is_adapter_dir, read_adapter_config, register_base_resolver
 from lbnl.prompt import EMBED_TOKEN, RERANK_TOKEN
@@ -218,24 +218,54 @@ def test_a_pointwise_adapter_is_read_pointwise(tiny_checkpoint: Path, tmp_path: 
     assert np.abs(np.array(scores(listwise)) - np.array(alone)).max() > 1e-4  # the two modes differ
     forced = Reranker.from_pretrained(tmp_path / "pw", device="cpu", pointwise=False)
     np.testing.assert_allclose(scores(forced), scores(listwise), atol=1e-5)
-    assert listwise.fuse_bm25 is None
+    assert not isinstance(listwise, FusedReranker)
     fused = model.save_adapter(tmp_path / "fused", extra={"fuse_bm25": 0.4}, **kw)
-    assert Reranker.from_pretrained(fused, device="cpu").fuse_bm25 == 0.4
-    assert Reranker.from_pretrained(fused, device="cpu", fuse_bm25=None).fuse_bm25 is None
+    loaded = Reranker.from_pretrained(fused, device="cpu")
+    assert isinstance(loaded, FusedReranker) and loaded.fusion == Fusion(0.4, "minmax")
+    assert not isinstance(Reranker.from_pretrained(fused, device="cpu", fusion=None), FusedReranker)
     docs = tmp_path / "docs.txt"
     docs.write_text("\n".join(DOCS))
-    for flags, fuse_bm25 in (([], 0.4), (["--no-fusion"], None)):
+    for flags, fusion in (([], "checkpoint"), (["--no-fusion"], None)):
         out = subprocess.run([sys.executable, "-m", "lbnl", "rerank", "--model", str(fused), "--device", "cpu",
                               "-q", QUERY, "-d", str(docs), "--json", *flags], capture_output=True, text=True,
                              timeout=300)
         assert out.returncode == 0, out.stderr
         got = {r["index"]: r["relevance_score"] for r in map(json.loads, out.stdout.splitlines())}
-        want = Reranker.from_pretrained(fused, device="cpu", fuse_bm25=fuse_bm25)
+        want = Reranker.from_pretrained(fused, device="cpu", fusion=fusion)
         np.testing.assert_allclose([got[i] for i in range(len(DOCS))], scores(want), atol=1e-5)
+    saved = tmp_path / "saved"
+    loaded.save_pretrained(saved)  # the fusion and the mode travel with a saved checkpoint
+    again = Reranker.from_pretrained(saved, device="cpu")
+    assert isinstance(again, FusedReranker) and again.fusion == loaded.fusion
+    np.testing.assert_allclose(scores(again), scores(loaded), atol=1e-6)
+    pointwise.save_pretrained(tmp_path / "pw-full")
+    assert Reranker.from_pretrained(tmp_path / "pw-full", device="cpu").pointwise
     meta = json.loads((fused / ADAPTER_FILE).read_text())
     (fused / ADAPTER_FILE).write_text(json.dumps({**meta, "fuse_bm25": "high"}))
-    with pytest.raises(CheckpointError, match="fuse_bm25 must be a number"):
+    with pytest.raises(CheckpointError, match="fusion weight must be a number"):
         Reranker.from_pretrained(fused, device="cpu")
+
+
+def test_each_adapter_level_is_read_once(tiny_checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
+    """Stacked adapters: every lbnl_adapter.json is parsed once per load; a cycle is a clear error."""
+    import lbnl.checkpoints.info as info
+
+    base = load_base(tiny_checkpoint)
+    model = TrainableLBNL(base.model, base_vocab_size=base.base_vocab_size)
+    perturb(model)
+    first = model.save_adapter(tmp_path / "first", base=str(tiny_checkpoint), tokenizer=base.tokenizer,
+                               base_path=base.path)
+    second = model.save_adapter(tmp_path / "second", base=str(first), tokenizer=base.tokenizer, base_path=base.path)
+    reads: list[str] = []
+    real = info._read_json
+    monkeypatch.setattr(info, "_read_json", lambda file: reads.append(str(file)) or real(file))
+    Reranker.from_pretrained(second, device="cpu")
+    adapter_reads = [r for r in reads if r.endswith(ADAPTER_FILE)]
+    assert sorted(adapter_reads) == sorted({str(first / ADAPTER_FILE), str(second / ADAPTER_FILE)}), reads
+    meta = json.loads((first / ADAPTER_FILE).read_text())
+    (first / ADAPTER_FILE).write_text(json.dumps({**meta, "base_model": str(second)}))
+    with pytest.raises(CheckpointError, match="adapter cycle"):
+        Reranker.from_pretrained(second, device="cpu")
 
 
 def test_adapter_on_a_plain_causal_lm_with_a_grown_vocabulary(plain_lm: Path, tmp_path: Path) -> None:

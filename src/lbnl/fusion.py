@@ -21,7 +21,7 @@ import numpy as np
 from .checkpoints.info import Fusion
 from .ir.bm25 import candidate_bm25
 from .ir.fusion import minmax
-from .reranker import BaseReranker, Document, ScoredList, document_text
+from .base import BaseReranker, Document, ScoredList, document_text
 
 #: BM25 value that the ``fixed`` transform maps to 0.5.
 FIXED_BM25_SCALE = 10.0

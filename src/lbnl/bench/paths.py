@@ -3,7 +3,7 @@
 - ``reference-fp32``, ``reference-bf16``: the official remote code's computation, re-implemented
   (:mod:`lbnl.bench.reference`).
 - ``hf``: lbnl's reranker with ``fast_forward=False`` (the plain transformers forward), float32.
-- ``default``, ``fast``, ``fastest``: lbnl's presets (:data:`lbnl.reranker.PRESETS`); ``default`` and
+- ``default``, ``fast``, ``fastest``: lbnl's presets (:data:`lbnl.hardware.PRESETS`); ``default`` and
   ``fast`` in float32, ``fastest`` with the weights it picks on this machine (bf16 with AMX, else int8).
 - ``default-bf16``, ``fast-bf16``: the same in bfloat16 (what ``default`` computes for the official
   bf16 checkpoint on a CPU with AMX or AVX512-BF16).

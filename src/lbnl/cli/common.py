@@ -106,7 +106,7 @@ def read_documents(source: str, fmt: str = "auto") -> list[str]:
 
 def format_table(results: Sequence[Any], width: int = 100) -> str:
     """A ranked table: rank, score, input index and the start of each document."""
-    from ..reranker import document_text
+    from ..base import document_text
 
     rows = [f"{'rank':>4}  {'score':>8}  {'index':>5}  document"]
     for rank, r in enumerate(results, 1):

@@ -15,7 +15,7 @@ from ..defaults import MAX_DOC_LENGTH, MAX_QUERY_LENGTH
 from ..errors import InvalidInputError
 
 if TYPE_CHECKING:
-    from ..reranker import BaseReranker
+    from ..base import BaseReranker
 
 
 @runtime_checkable
