@@ -16,6 +16,16 @@ os.environ.setdefault("LBNL_QWEN3_TOKENIZER", str(FIXTURES / "qwen3"))
 
 from lbnl.testing.checkpoints import build_random_checkpoint, find_qwen3_tokenizer, load_lbnl_tokenizer  # noqa: E402
 
+#: Test directories and the marker each gives its tests: ``make test-fast`` runs the unit tests only.
+DIRECTORY_MARKERS = {"parity": "parity", "e2e": "slow"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for directory, marker in DIRECTORY_MARKERS.items():
+            if directory in Path(str(item.fspath)).parent.parts[-1:]:
+                item.add_marker(getattr(pytest.mark, marker))
+
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:
@@ -52,3 +62,21 @@ def tiny_reranker(tiny_checkpoint: Path):
     from lbnl import Reranker
 
     return Reranker.from_pretrained(tiny_checkpoint, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_checkpoint: Path):
+    """The independent official-path implementation (tests/reference.py) over the tiny checkpoint."""
+    from reference import OfficialStyleReranker
+
+    return OfficialStyleReranker(tiny_checkpoint)
+
+
+@pytest.fixture(scope="module", params=["qwen3", "llama", "qwen2"])
+def family_checkpoint(request, tmp_path_factory: pytest.TempPathFactory, qwen3_tokenizer_dir: Path) -> Path:
+    """Tiny random checkpoints of the three decoder families the fast path runs."""
+    from helpers import SMALL
+
+    extra = {} if request.param == "qwen3" else SMALL
+    return build_random_checkpoint(tmp_path_factory.mktemp(request.param) / "ckpt", tokenizer_dir=qwen3_tokenizer_dir,
+                                   model_type=request.param, **extra)

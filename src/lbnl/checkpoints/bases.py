@@ -215,22 +215,17 @@ def convert_gguf(gguf_file: Path, out_dir: Path, *, weights_dtype: Any = None) -
         out_dir: directory to write into.
         weights_dtype: storage dtype of the weights, bfloat16 by default (the GGUF is 4-bit
             quantized, so bf16 loses little and halves the file). ``config.json`` records it;
-            :func:`lbnl.model.resolve_dtype` still computes in float32 on CPUs without fast bf16.
+            :func:`lbnl.hardware.resolve_dtype` still computes in float32 on CPUs without fast bf16.
     """
     import torch
     from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
+
+    from .files import quiet_transformers
 
     weights_dtype = weights_dtype or torch.bfloat16
     tokenizer = tokenizer_from_gguf(gguf_file)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32
-        )
-    finally:
-        hf_logging.set_verbosity(verbosity)
+    with quiet_transformers():
+        model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
     model.to(weights_dtype)
     model.config.dtype = weights_dtype
     if hasattr(model.config, "_model_name_or_path"):

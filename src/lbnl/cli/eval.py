@@ -85,7 +85,8 @@ def register(subparsers: Any) -> None:
                     "an interrupted run resumes when the same command is run again.")
     add_model_arguments(p)
     p.epilog = "--model none evaluates the first stage alone."
-    p.add_argument("--data", required=True, help="BEIR-layout directory (corpus.jsonl, queries.jsonl, qrels/)")
+    p.add_argument("--data", required=True, help="BEIR-layout directory (corpus.jsonl, queries.jsonl, qrels/), or a "
+                   "BEIR name (scifact) downloaded once into $LBNL_CACHE/beir when the network allows")
     p.add_argument("--split", default="test", help="qrels split (default test)")
     p.add_argument("--top-k", type=int, default=100, help="BM25 hits reranked per query (default 100)")
     add_length_arguments(p)

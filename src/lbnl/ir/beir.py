@@ -1,13 +1,20 @@
 """BEIR-layout datasets: ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/{split}.tsv``, each plain or ``.gz``.
 
 The layout is the one the BEIR benchmark distributes; loading it in place keeps results
-comparable with published numbers.
+comparable with published numbers. A BEIR name (``scifact``) stands for the public BEIR archive,
+downloaded once when the network allows, checked against the checksum BEIR publishes, and kept
+under ``$LBNL_CACHE/beir``.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
+import shutil
+import tempfile
+import urllib.request
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -122,16 +129,76 @@ def load_qrels(path: str | os.PathLike[str]) -> Qrels:
     return qrels
 
 
+#: Public BEIR archives by name: (address, the MD5 that BEIR publishes for it).
+BEIR_ARCHIVES: dict[str, tuple[str, str]] = {
+    "scifact": ("https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/scifact.zip",
+                "5f7d1de60b170fc8027bb7898e2efca1"),
+}
+
+
+def beir_cache() -> Path:
+    """``$LBNL_CACHE/beir`` (default ``~/.cache/lbnl/beir``)."""
+    return Path(os.environ.get("LBNL_CACHE") or "~/.cache/lbnl").expanduser() / "beir"
+
+
+def resolve_beir(name_or_path: str | os.PathLike[str]) -> Path:
+    """A BEIR-layout directory: the path itself, or a known BEIR name's cached (or now downloaded) copy."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    name = str(name_or_path).strip().lower()
+    if name not in BEIR_ARCHIVES:
+        raise InvalidInputError(f"no dataset directory at {name_or_path} (and not a BEIR name lbnl can fetch: "
+                                f"{', '.join(sorted(BEIR_ARCHIVES))})")
+    target = beir_cache() / name
+    if not (target / "qrels").is_dir():
+        _download_beir(name, target)
+    return target
+
+
+def _download_beir(name: str, target: Path) -> None:
+    url, md5 = BEIR_ARCHIVES[name]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        archive = Path(tmp) / f"{name}.zip"
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, open(archive, "wb") as out:
+                shutil.copyfileobj(response, out)
+        except OSError as exc:
+            raise InvalidInputError(
+                f"the BEIR data set {name!r} is not cached and could not be downloaded from {url} ({exc}); "
+                f"download and unzip it yourself and pass its directory (corpus.jsonl, queries.jsonl, qrels/), "
+                f"or put it at {target}") from None
+        digest = hashlib.md5(archive.read_bytes()).hexdigest()  # noqa: S324 - the checksum BEIR publishes
+        if digest != md5:
+            raise InvalidInputError(f"{url}: MD5 {digest} is not the one BEIR publishes ({md5}); not used")
+        staged = Path(tmp) / "staged"
+        with zipfile.ZipFile(archive) as zf:
+            for member in zf.namelist():
+                parts = Path(member).parts
+                keep = parts[1:] if len(parts) > 1 and parts[0] == name else parts
+                if not keep or ".." in keep or member.endswith("/"):
+                    continue
+                if keep[0] in ("corpus.jsonl", "queries.jsonl") or (keep[0] == "qrels" and len(keep) == 2):
+                    dest = staged.joinpath(*keep)
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    with zf.open(member) as src, open(dest, "wb") as out:
+                        shutil.copyfileobj(src, out)
+        if not (staged / "qrels").is_dir():
+            raise InvalidInputError(f"{url}: the archive holds no qrels/ directory")
+        if not target.exists():
+            os.replace(staged, target)
+
+
 def load_beir(root: str | os.PathLike[str], split: str = "test") -> BeirDataset:
     """Load a BEIR-layout directory for one split.
 
     Args:
-        root: directory holding ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/`` (files may be gzipped).
+        root: directory holding ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/`` (files may be gzipped),
+            or a BEIR name lbnl can fetch (see :data:`BEIR_ARCHIVES`).
         split: which ``qrels/{split}.tsv`` to load.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise InvalidInputError(f"no dataset directory at {root}")
+    root = resolve_beir(root)
     qrels_dir = root / "qrels"
     try:
         qrels_path = _find(qrels_dir, f"{split}.tsv")

@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from lbnl import Reranker
 from lbnl.testing.server import ServerProcess
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "test-key-123"
 MAX_DOC_LENGTH = 64
 MAX_BODY = 200_000

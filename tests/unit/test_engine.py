@@ -18,31 +18,7 @@ from lbnl.hardware import cpu_has_fast_bf16, quantize_int8
 from lbnl.checkpoints import load_checkpoint
 from lbnl.testing.checkpoints import build_random_checkpoint
 from lbnl.prompt import build_prompt
-from reference import OfficialStyleReranker
-
-WORDS = ("tea green catechin heart brain coffee price sport basket metabolism cell study risk weight "
-         "antioxidant supply chain market league score").split()
-SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, max_position_embeddings=4096)
-
-
-def make_docs(n: int, seed: int = 0, lo: int = 3, hi: int = 30) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi))) for _ in range(n)]
-
-
-def in_input_order(results) -> list[float]:
-    out = [0.0] * len(results)
-    for r in results:
-        out[r.index] = r.relevance_score
-    return out
-
-
-@pytest.fixture(scope="module", params=["qwen3", "llama", "qwen2"])
-def family_checkpoint(request, tmp_path_factory: pytest.TempPathFactory, qwen3_tokenizer_dir: Path) -> Path:
-    extra = {} if request.param == "qwen3" else SMALL
-    return build_random_checkpoint(tmp_path_factory.mktemp(request.param) / "ckpt", tokenizer_dir=qwen3_tokenizer_dir,
-                                   model_type=request.param, **extra)
+from helpers import SMALL, in_input_order, make_docs
 
 
 def test_encode_equals_plain_forward(family_checkpoint: Path) -> None:
@@ -127,31 +103,6 @@ def test_compiled_kernels_give_the_same_scores(tiny_checkpoint: Path, monkeypatc
     assert calls.get("_rms", 0) > 0 and calls.get("_silu_mul", 0) > 0, f"compiled kernels did not run: {calls}"
 
 
-def test_default_scores_match_the_official_style_reference(family_checkpoint: Path) -> None:
-    """Several blocks, several queries in one batch, shared prompt heads: still the official scores."""
-    reranker = Reranker.from_pretrained(family_checkpoint, device="cpu", block_size=4)
-    states = []
-    real_state = reranker.model.prefix_state
-    reranker.model.prefix_state = lambda ids, base=None: states.append(len(ids)) or real_state(ids, base)
-    plain = Reranker.from_pretrained(family_checkpoint, device="cpu", block_size=4, fast_forward=False)
-    reference = OfficialStyleReranker(family_checkpoint)
-    queries = ["green tea benefits", "coffee market price"]
-    docs = [make_docs(9, seed=3), make_docs(6, seed=4)]
-    ours = [in_input_order(r) for r in reranker.rerank_many(queries, docs)]
-    hf = [in_input_order(r) for r in plain.rerank_many(queries, docs)]
-    for mine, theirs in zip(ours, hf):
-        np.testing.assert_allclose(mine, theirs, atol=1e-5)
-    alone = in_input_order(Reranker.from_pretrained(family_checkpoint, device="cpu").rerank(queries[0], docs[0]))
-    np.testing.assert_allclose(alone, reference.rerank(queries[0], docs[0]), atol=1e-4)
-    assert len(states) >= 2, "shared prompt heads were not computed and reused (the system prompt, then longer heads)"
-
-
-def test_more_than_125_documents_with_prefix_reuse(tiny_reranker: Reranker, tiny_checkpoint: Path) -> None:
-    docs = make_docs(130, seed=5, lo=2, hi=6)
-    ours = in_input_order(tiny_reranker.rerank("tea", docs))
-    np.testing.assert_allclose(ours, OfficialStyleReranker(tiny_checkpoint).rerank("tea", docs), atol=1e-4)
-
-
 def test_cached_prefixes_never_change_a_score(tiny_checkpoint: Path) -> None:
     """Earlier calls never change a score (prefix states live for one call), and changed weights are used at once."""
     docs = make_docs(7, seed=6)
@@ -168,16 +119,6 @@ def test_cached_prefixes_never_change_a_score(tiny_checkpoint: Path) -> None:
     fresh = Reranker(copy.deepcopy(warm.model), warm.tokenizer, block_size=3, fast_forward=False)
     np.testing.assert_allclose(changed, in_input_order(fresh.rerank("green", docs)), atol=1e-5)
     assert not np.allclose(before, changed, atol=1e-5)
-
-
-def test_unsupported_backbones_fall_back_to_the_plain_forward(tmp_path: Path, qwen3_tokenizer_dir: Path) -> None:
-    path = build_random_checkpoint(tmp_path / "mistral", tokenizer_dir=qwen3_tokenizer_dir, model_type="mistral",
-                                   sliding_window=4096, **SMALL)
-    reranker = Reranker.from_pretrained(path, device="cpu")
-    assert not fast_path_supported(reranker.model.backbone) and not reranker.model.fast_path
-    docs = make_docs(5, seed=8)
-    np.testing.assert_allclose(in_input_order(reranker.rerank("tea", docs)),
-                               OfficialStyleReranker(path).rerank("tea", docs), atol=1e-4)
 
 
 def test_presets_and_int8(tiny_checkpoint: Path, tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from lbnl.cli import main as cli_main
 from lbnl.train.config import TrainConfig, documented_keys, from_dict, load_config, render_yaml
 from lbnl.train.loop import Trainer, lr_factor, train
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 TOPICS = ["apple", "river", "violin", "tiger", "planet", "copper"]
 FILLER = "the a of and with some many very old new small large green blue".split()
 

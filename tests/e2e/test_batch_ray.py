@@ -75,4 +75,5 @@ def test_worker_errors_are_messages(local_ray, batch_input: Path, tmp_path: Path
                    str(tmp_path / "not-a-checkpoint"), "--engine", "ray", "--num-actors", "1") == 2
     err = capsys.readouterr().err
     # Ray Data's own log handler may also complain here that pytest closed an earlier test's stderr.
-    assert "error: cannot load a tokenizer from" in err and "lbnl.errors" not in err, err
+    assert "not-a-checkpoint has no config.json (nor lbnl_adapter.json): not a checkpoint directory" in err \
+        and "error: " in err and "lbnl.errors" not in err, err
