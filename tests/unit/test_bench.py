@@ -20,6 +20,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
+@pytest.mark.slow
 def test_bench_command_writes_a_side_by_side_report(tiny_checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = run("--model", str(tiny_checkpoint), "--quick", "--workload", "1x5x24,2x3x16",

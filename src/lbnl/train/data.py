@@ -105,12 +105,11 @@ def _cap(groups: list[Group], max_groups: int | None, seed: int) -> list[Group]:
 
 def beir_data(config: DataConfig, seed: int, searcher_factory: SearcherFactory = default_searcher) -> TrainData:
     """Groups from a BEIR split: one per (query, judged positive), negatives from the BM25 top ``negative_pool``."""
-    from ..ir.beir import document_text, load_beir
+    from ..ir.beir import document_text, load_beir, resolve_beir
 
-    root = Path(config.path or "")
-    if not root.is_dir():
-        raise InvalidInputError(f"data.path: no BEIR directory at {root}")
-    dataset = load_beir(root, config.split)
+    if not config.path:
+        raise InvalidInputError("data.path: give a BEIR directory or a BEIR name (scifact)")
+    dataset = load_beir(resolve_beir(config.path), config.split)
     docs = {i: document_text(d) for i, d in dataset.corpus.items()}
     queries, qrels = dataset.queries, dataset.qrels
     judged = sorted(q for q, rel in qrels.items()

@@ -86,21 +86,6 @@ def test_bad_model_path_is_a_message(tmp_path: Path, docs_file: Path) -> None:
     assert out.returncode == 2 and "no checkpoint directory" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_read_documents_formats(tmp_path: Path) -> None:
-    plain = tmp_path / "plain.txt"
-    plain.write_text("a\n\nb\n")
-    assert read_documents(str(plain)) == ["a", "b"]
-    jsonl = tmp_path / "docs.jsonl"
-    jsonl.write_text('{"text": "x"}\n"y"\n')
-    assert read_documents(str(jsonl)) == ["x", "y"]
-    jsonl.write_text('{"text": "x"}\n{"body": "y"}\n')
-    with pytest.raises(InvalidInputError, match="line 2"):
-        read_documents(str(jsonl))
-    jsonl.write_text('{"text": "x"}\n{not json\n')
-    with pytest.raises(InvalidInputError, match="line 2: not valid JSON"):
-        read_documents(str(jsonl))
-
-
 def test_help_lists_rerank() -> None:
     out = run("--help")
     assert out.returncode == 0 and "rerank" in out.stdout

@@ -1,0 +1,48 @@
+"""Reading documents files (lbnl.cli.common): formats, encodings, line ends; errors name the file and line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lbnl.cli.common import read_documents
+from lbnl.errors import InvalidInputError
+
+
+def test_read_documents_formats(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.txt"
+    plain.write_text("a\n\nb\n")
+    assert read_documents(str(plain)) == ["a", "b"]
+    jsonl = tmp_path / "docs.jsonl"
+    jsonl.write_text('{"text": "x"}\n"y"\n')
+    assert read_documents(str(jsonl)) == ["x", "y"]
+    jsonl.write_text('{"text": "x"}\n{"body": "y"}\n')
+    with pytest.raises(InvalidInputError, match="line 2"):
+        read_documents(str(jsonl))
+    jsonl.write_text('{"text": "x"}\n{not json\n')
+    with pytest.raises(InvalidInputError, match="line 2: not valid JSON"):
+        read_documents(str(jsonl))
+
+
+def test_format_is_explicit_or_never_silently_wrong(tmp_path: Path) -> None:
+    quoted = tmp_path / "quoted.txt"
+    quoted.write_text('"Green tea," she said.\nBasketball.\n')
+    with pytest.raises(InvalidInputError, match="--format text"):
+        read_documents(str(quoted))
+    assert read_documents(str(quoted), "text") == ['"Green tea," she said.', "Basketball."]
+    with pytest.raises(InvalidInputError, match="unknown documents format"):
+        read_documents(str(quoted), "csv")
+
+
+def test_only_newlines_end_documents_and_bytes_are_checked(tmp_path: Path) -> None:
+    odd = tmp_path / "odd.txt"
+    odd.write_bytes("one\x0cstill one\u2028and one\r\ntwo\x1cstill two\n".encode())
+    assert read_documents(str(odd)) == ["one\x0cstill one\u2028and one", "two\x1cstill two"]
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + '{"text": "a\u2028b"}\n'.encode())
+    assert read_documents(str(bom)) == ["a\u2028b"]
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine\ncaf\xe9\n")
+    with pytest.raises(InvalidInputError, match="line 2: not UTF-8"):
+        read_documents(str(bad))
