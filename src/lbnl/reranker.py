@@ -118,9 +118,9 @@ class Reranker(BaseReranker):
 
         settings = get_preset(preset)
         quantize, dtype = weight_plan(quantize if quantize is not None else settings.quantize, device, dtype)
-        kwargs.setdefault("block_size", settings.block_size)
         path, name = locate(model_name_or_path)
         info = read_info(path)
+        kwargs.setdefault("block_size", info.block_size if preset is None and info.block_size else settings.block_size)
         model, tokenizer = load_checkpoint(info, dtype=dtype, device=device)
         if quantize == "int8":
             quantize_int8(model)
@@ -140,7 +140,10 @@ class Reranker(BaseReranker):
 
     def settings(self) -> dict[str, Any]:
         """How this reranker reads its model, as a checkpoint records it (see :mod:`lbnl.checkpoints.info`)."""
-        return {"mode": "pointwise"} if self.pointwise else {}
+        out: dict[str, Any] = {"mode": "pointwise"} if self.pointwise else {}
+        if self.block_size != DEFAULT_BLOCK_SIZE and not self.pointwise:
+            out["block_size"] = self.block_size
+        return out
 
     def save_pretrained(self, path: str | os.PathLike[str]) -> None:
         """Write the official checkpoint layout with this reranker's reading settings; loading it back

@@ -119,9 +119,15 @@ def test_save_load_round_trip(tiny_reranker: Reranker, tmp_path: Path) -> None:
         keys = set(f.keys())
     assert {"projector.0.weight", "projector.2.weight", "model.embed_tokens.weight", "model.norm.weight"} <= keys
     assert not any(k.startswith("lm_head") for k in keys)
+    assert "lbnl" not in config, "the spec's reading settings need no record"
     again = Reranker.from_pretrained(tmp_path / "copy")
     a, b = tiny_reranker.rerank("tea", docs), again.rerank("tea", docs)
     assert [(r.index, r.relevance_score) for r in a] == [(r.index, r.relevance_score) for r in b]
+    fast = Reranker.from_pretrained(tmp_path / "copy", preset="fast")
+    fast.save_pretrained(tmp_path / "fast")
+    assert json.loads((tmp_path / "fast" / "config.json").read_text())["lbnl"] == {"block_size": 16}
+    reloaded = Reranker.from_pretrained(tmp_path / "fast")
+    assert reloaded.block_size == 16 and Reranker.from_pretrained(tmp_path / "fast", preset="default").block_size == 125
 
 
 def test_lm_head_is_ignored_and_untied_config_loads(tiny_checkpoint: Path, tmp_path: Path) -> None:

@@ -7,6 +7,8 @@ level. The settings:
 
 - ``mode``: ``listwise`` (the spec) or ``pointwise`` (a model trained to score each document in a
   prompt of its own must be read that way);
+- ``block_size``: documents per prompt when it is not the spec's 125 (a model trained on short lists,
+  or saved from a ``fast`` reranker);
 - ``fusion``: ``{"weight": w, "transform": t}`` when the model's scores are to be blended with BM25
   over the request's documents (see :mod:`lbnl.fusion`); older adapters write ``fuse_bm25: w``,
   which means the ``minmax`` transform.
@@ -56,6 +58,7 @@ class CheckpointInfo:
     mode: str = "listwise"
     fusion: Fusion | None = None
     adapter: dict[str, Any] = field(default_factory=dict, repr=False)
+    block_size: int | None = None
 
     @property
     def name(self) -> str:
@@ -67,6 +70,8 @@ class CheckpointInfo:
         out: dict[str, Any] = {}
         if self.mode != "listwise":
             out["mode"] = self.mode
+        if self.block_size is not None:
+            out["block_size"] = self.block_size
         if self.fusion is not None:
             out["fusion"] = self.fusion.as_dict()
         return out
@@ -87,20 +92,23 @@ def _read_json(file: Path) -> dict[str, Any]:
     return data
 
 
-def parse_settings(raw: dict[str, Any], where: str) -> tuple[str, Fusion | None]:
-    """``(mode, fusion)`` from a settings mapping (an adapter's top level or config.json's ``lbnl`` entry)."""
+def parse_settings(raw: dict[str, Any], where: str) -> tuple[str, Fusion | None, int | None]:
+    """``(mode, fusion, block_size)`` from a settings mapping (an adapter's top level or config.json's ``lbnl``)."""
     mode = raw.get("mode") or "listwise"
     if mode not in MODES:
         raise CheckpointError(f"{where}: mode must be one of {', '.join(MODES)}, got {mode!r}")
+    block_size = raw.get("block_size")
+    if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1):
+        raise CheckpointError(f"{where}: block_size must be a positive integer, got {block_size!r}")
     fusion_raw = raw.get("fusion")
     if fusion_raw is None and raw.get("fuse_bm25") is not None:
         fusion_raw = {"weight": raw["fuse_bm25"], "transform": "minmax"}
     if fusion_raw is None:
-        return mode, None
+        return mode, None, block_size
     if not isinstance(fusion_raw, dict):
         raise CheckpointError(f"{where}: fusion must be an object with a weight, got {fusion_raw!r}")
     try:
-        return mode, Fusion(fusion_raw.get("weight"), fusion_raw.get("transform", "minmax"))
+        return mode, Fusion(fusion_raw.get("weight"), fusion_raw.get("transform", "minmax")), block_size
     except CheckpointError as exc:
         raise CheckpointError(f"{where}: {exc}") from None
 
@@ -114,12 +122,12 @@ def read_info(path: str | os.PathLike[str]) -> CheckpointInfo:
             raise CheckpointError(f"{path}: not an lbnl adapter of version {ADAPTER_VERSION}")
         if not isinstance(meta.get("base_model"), str) or not meta["base_model"]:
             raise CheckpointError(f"{path / ADAPTER_FILE} names no base_model")
-        mode, fusion = parse_settings(meta, str(path / ADAPTER_FILE))
-        return CheckpointInfo(path, "adapter", mode, fusion, meta)
+        mode, fusion, block_size = parse_settings(meta, str(path / ADAPTER_FILE))
+        return CheckpointInfo(path, "adapter", mode, fusion, meta, block_size)
     if not (path / "config.json").is_file():
         raise CheckpointError(f"{path} has no config.json (nor {ADAPTER_FILE}): not a checkpoint directory")
     settings = _read_json(path / "config.json").get("lbnl") or {}
     if not isinstance(settings, dict):
         raise CheckpointError(f"{path / 'config.json'}: the lbnl entry must be an object")
-    mode, fusion = parse_settings(settings, f"{path / 'config.json'} (lbnl)")
-    return CheckpointInfo(path, "official", mode, fusion)
+    mode, fusion, block_size = parse_settings(settings, f"{path / 'config.json'} (lbnl)")
+    return CheckpointInfo(path, "official", mode, fusion, block_size=block_size)
