@@ -6,10 +6,13 @@ A request is ``{model, query, documents, top_n, return_documents}``; unknown fie
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StrictBool, StrictInt, StrictStr, field_validator
 from pydantic_core import PydanticCustomError
+
+from ..prompt import sanitize
 
 
 class TextDocument(BaseModel):
@@ -20,13 +23,27 @@ class TextDocument(BaseModel):
     text: StrictStr
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_unicode(value: str) -> str:
+    """Refuse a string holding a lone surrogate (JSON allows ``"\\ud800"``; no tokenizer can encode it)."""
+    m = _SURROGATE.search(value)
+    if m:
+        raise PydanticCustomError(
+            "lone_surrogate", "contains a lone surrogate (U+{code}) at character {at}, which is not valid Unicode",
+            {"code": f"{ord(m.group()):04X}", "at": m.start()})
+    return value
+
+
 def _document(value: Any) -> str | TextDocument:
     if isinstance(value, str):
-        return value
+        return check_unicode(value)
     if isinstance(value, TextDocument):
+        check_unicode(value.text)
         return value
     if isinstance(value, dict) and isinstance(value.get("text"), str):
-        return TextDocument(text=value["text"])
+        return TextDocument(text=check_unicode(value["text"]))
     raise PydanticCustomError("document_type", "must be a string or an object with a string 'text' field")
 
 
@@ -46,7 +63,10 @@ class RerankRequest(BaseModel):
     )
 
     model: StrictStr | None = Field(None, description="accepted for client compatibility; the served model answers")
-    query: StrictStr = Field(description="the search query; must not be empty")
+    query: StrictStr = Field(
+        description="the search query; must hold a non-blank character once the special-token strings "
+                    "(<|embed_token|>, <|rerank_token|>) are removed",
+        json_schema_extra={"minLength": 1, "pattern": "\\S"})
     documents: list[DocumentIn] = Field(
         description="strings or {\"text\": ...} objects; an empty list gives no results")
     top_n: StrictInt | None = Field(None, ge=1, description="return only the best top_n results (default: all)")
@@ -55,8 +75,10 @@ class RerankRequest(BaseModel):
     @field_validator("query")
     @classmethod
     def _query_not_empty(cls, value: str) -> str:
-        if not value.strip():
-            raise PydanticCustomError("query_empty", "must not be empty")
+        check_unicode(value)
+        if not sanitize(value).strip():
+            raise PydanticCustomError("query_empty", "must not be empty" + (
+                " (special-token strings such as <|embed_token|> are removed)" if value.strip() else ""))
         return value
 
     def texts(self) -> list[str]:
@@ -109,9 +131,10 @@ class ModelList(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok"] = "ok"
+    status: Literal["ok", "error"] = Field("ok", description="'error' (with HTTP 503) once the model misbehaved")
     model: str
     queue_depth: int
+    detail: str | None = Field(None, description="what went wrong, when status is 'error'")
 
 
 class FieldError(BaseModel):
