@@ -46,11 +46,11 @@ HOST = "127.0.0.1"
 
 
 def normal_bodies(n: int, seed: int = 0) -> list[dict]:
-    """Rerank requests of SciFact sizes: a real query and 20 passages of up to 120 words."""
+    """Rerank requests of SciFact sizes: a real query and 20 passages of up to 60 words."""
     rng = random.Random(seed)
     if (SCIFACT / "corpus.jsonl.gz").exists():
         with gzip.open(SCIFACT / "corpus.jsonl.gz", "rt", encoding="utf-8") as f:
-            corpus = [f"{r['title']}\n{' '.join(r['text'].split()[:120])}" for _, r in zip(range(3000), map(json.loads, f))]
+            corpus = [f"{r['title']}\n{' '.join(r['text'].split()[:60])}" for _, r in zip(range(3000), map(json.loads, f))]
         with gzip.open(SCIFACT / "queries.jsonl.gz", "rt", encoding="utf-8") as f:
             queries = [r["text"] for r in map(json.loads, f)]
     else:
