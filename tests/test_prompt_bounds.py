@@ -135,3 +135,10 @@ def test_cut_characters_are_nfc_inert() -> None:
         assert unicodedata.combining(ch) == 0 and unicodedata.normalize("NFC", ch) == ch and ch not in second, hex(cp)
         assert unicodedata.category(ch) != "Cn", hex(cp)
         assert bool(letters.match(ch)) == unicodedata.category(ch).startswith("L"), hex(cp)
+
+
+def test_a_lone_surrogate_is_an_input_error(lbnl_tokenizer) -> None:
+    from lbnl.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="lone surrogate \\(U\\+D800\\) at character 1"):
+        truncate_many(["ok", "a\ud800"], lbnl_tokenizer, 8)

@@ -241,6 +241,23 @@ def _splits_added(text: str, b: int, added: tuple[str, ...]) -> bool:
     return False
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _tokenize(tokenizer: Any, texts: list[str], positions: list[int] | None = None) -> list[list[int]]:
+    """Token ids without special tokens; a lone surrogate is an :class:`~lbnl.errors.InvalidInputError`."""
+    try:
+        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    except TypeError:
+        for i, text in enumerate(texts):
+            if m := _SURROGATE.search(text):
+                from .errors import InvalidInputError
+
+                raise InvalidInputError(f"text {positions[i] if positions else i} holds a lone surrogate (U+{ord(m.group()):04X}) at character "
+                                        f"{m.start()}, which is not valid Unicode") from None
+        raise
+
+
 def token_prefixes(texts: Sequence[str], tokenizer: Any, need: int, *,
                    max_run: int | None = None) -> tuple[list[str], list[list[int]]]:
     """For each text, a prefix and its token ids, the ids being the full text's first ones.
@@ -283,7 +300,7 @@ def token_prefixes(texts: Sequence[str], tokenizer: Any, need: int, *,
                 except TextTooLongError as exc:
                     raise TextTooLongError(i, exc.max_run) from None
     prefixes = [t if e >= len(t) else t[:e] for t, e in zip(texts, ends)]
-    ids = list(tokenizer(prefixes, add_special_tokens=False)["input_ids"]) if prefixes else []
+    ids = list(_tokenize(tokenizer, prefixes)) if prefixes else []
     while True:
         short = [i for i, (p, t, x) in enumerate(zip(prefixes, texts, ids)) if len(p) < len(t) and len(x) < need]
         if not short:
@@ -294,7 +311,7 @@ def token_prefixes(texts: Sequence[str], tokenizer: Any, need: int, *,
             except TextTooLongError as exc:
                 raise TextTooLongError(i, exc.max_run) from None
             prefixes[i] = texts[i][: ends[i]]
-        again = tokenizer([prefixes[i] for i in short], add_special_tokens=False)["input_ids"]
+        again = _tokenize(tokenizer, [prefixes[i] for i in short], short)
         for i, x in zip(short, again):
             ids[i] = x
     return prefixes, [list(x) for x in ids]
