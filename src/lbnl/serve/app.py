@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import ipaddress
 import logging
 import math
@@ -20,12 +21,14 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, AsyncIterator, Sequence
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPBearer
+from pydantic import ValidationError
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -38,7 +41,7 @@ from .connections import BodyDeadlineMiddleware, BodyTimeout
 from .metrics import ServeMetrics, MetricsMiddleware
 from .schemas import (
     BilledUnits, ErrorResponse, FieldError, Health, Meta, ModelCard, ModelList, RerankRequest, RerankResponse,
-    RerankResultOut, ResultDocument, Usage,
+    RerankResultOut, ScoreData, ScoreRequest, ScoreResponse, ScoreUsage, TeiRank, TeiRerankRequest, Usage,
 )
 from .scoring import MAX_RUN_CHARS, NonFiniteScores, RerankJob, ScoredJob, make_runner, plan_job
 
@@ -46,9 +49,11 @@ log = logging.getLogger("lbnl.serve")
 
 #: ``/v1/rerank`` is Jina's and Cohere v1's path, ``/v2/rerank`` Cohere v2's, ``/rerank`` a short alias.
 RERANK_PATHS = ("/v1/rerank", "/v2/rerank", "/rerank")
+#: vLLM's scoring API.
+SCORE_PATHS = ("/score", "/v1/score")
 #: Paths answered without an API key: probes, scraping and the API docs.
 OPEN_PATHS = frozenset({"/health", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
-KNOWN_PATHS = OPEN_PATHS | {*RERANK_PATHS, "/v1/models"}
+KNOWN_PATHS = OPEN_PATHS | {*RERANK_PATHS, *SCORE_PATHS, "/v1/models"}
 
 
 @dataclass(frozen=True)
@@ -196,6 +201,46 @@ def _body_parse_error(cause: BaseException | None) -> str:
     return f"cannot parse the body as JSON ({type(cause).__name__})" if cause else "cannot parse the body as JSON"
 
 
+def _cohere_style(request: Request, body: RerankRequest) -> bool:
+    """Whether ``return_documents`` should default to Cohere's false: Cohere v2's path, the Cohere SDK
+    (it names itself in ``X-Fern-SDK-Name``), or a request using Cohere's ``rank_fields``."""
+    sdk = request.headers.get("x-fern-sdk-name", "").lower()
+    return request.url.path == "/v2/rerank" or sdk.startswith("cohere") or body.rank_fields is not None
+
+
+def _inline_schema(model: Any) -> dict[str, Any]:
+    schema = model.model_json_schema()
+    schema.pop("$defs", None)
+    return schema
+
+
+async def _read_json(request: Request) -> Any:
+    """The body parsed as FastAPI would, with the same 422 answers, for routes that accept several shapes."""
+    content_type = request.headers.get("content-type", "")
+    body = await request.body()
+    if not body:
+        raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}])
+    main = content_type.split(";")[0].strip().lower()
+    if content_type and not (main == "application/json" or (main.startswith("application/") and main.endswith("+json"))):
+        raise RequestValidationError([{"type": "model_attributes_type", "loc": ("body",), "msg": "not JSON",
+                                       "input": ""}])
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise RequestValidationError([{"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error",
+                                       "input": {}, "ctx": {"error": exc.msg}}]) from None
+    except Exception as exc:  # noqa: BLE001 - UnicodeDecodeError, RecursionError, huge integers
+        message = _body_parse_error(exc)
+        raise ApiError(422, f"body: {message}", [FieldError(field="body", message=message)]) from None
+
+
+def _validate(model: Any, data: Any) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from None
+
+
 def _field_errors(errors: Sequence[dict[str, Any]]) -> list[FieldError]:
     """Pydantic/FastAPI validation errors as ``field: message`` pairs a person can act on."""
     out = []
@@ -294,7 +339,7 @@ def create_app(reranker: Any, settings: ServeSettings | None = None, *, max_requ
     """
     settings = settings or ServeSettings()
     settings.check()
-    model_name = settings.model_name or str(reranker.name)
+    model_name = settings.model_name or public_model_name(str(reranker.name))
     metrics = ServeMetrics(model_name)
     tokenize_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lbnl-tokenize")
     batcher: DynamicBatcher[RerankJob, ScoredJob] = DynamicBatcher(
@@ -331,25 +376,52 @@ def create_app(reranker: Any, settings: ServeSettings | None = None, *, max_requ
     responses = {k: v for k, v in ERROR_RESPONSES.items() if k != 401 or settings.api_key}
     tokenizer = reranker.tokenizer
 
-    async def rerank(body: RerankRequest) -> RerankResponse:
-        """Rank documents by relevance to the query, best first.
+    def doc_limit(requested: int | None) -> int:
+        """A request's own document length limit, never above the server's."""
+        return settings.max_doc_length if requested is None else min(requested, settings.max_doc_length)
 
-        The request's ``model`` is accepted and ignored: the served model answers and is named in
-        the response. ``usage.total_tokens`` counts query and document tokens after truncation.
-        """
+    async def plan(query: str, texts: list[str], max_doc_length: int) -> RerankJob:
+        """Tokenize (bounded) off the event loop and off the model's thread."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(tokenize_pool, plan_job, tokenizer, query, texts,
+                                              settings.max_query_length, max_doc_length, MAX_RUN_CHARS)
+        except TextTooLongError as exc:
+            field = "query" if exc.index == 0 else f"documents.{exc.index - 1}"
+            message = (f"has a run of more than {exc.max_run} characters without a word boundary; "
+                       "break it with spaces or punctuation")
+            raise ApiError(422, f"{field}: {message}", [FieldError(field=field, message=message)]) from None
+
+    def check_budget(cost: int) -> None:
+        if cost > settings.max_request_tokens:
+            raise ApiError(413, f"the request holds {cost} tokens after truncation, more than the limit of "
+                                f"{settings.max_request_tokens} per request; send fewer or shorter documents")
+
+    def check_count(count: int, field: str = "documents") -> None:
+        if count > settings.max_documents:
+            message = f"at most {settings.max_documents} documents per request, got {count}"
+            raise ApiError(422, f"{field}: {message}", [FieldError(field=field, message=message)])
+
+    async def submit(job: RerankJob) -> ScoredJob:
+        assert job.usage is not None
+        scored: ScoredJob = await batcher.submit(job, job.usage.total_tokens, settings.request_timeout)
+        metrics.scored(len(job.texts), scored.usage.total_tokens)
+        return scored
+
+    async def score_texts(query: str, texts: list[str], max_doc_length: int) -> ScoredJob | None:
+        """One query's documents scored together: its ranking and usage (``None`` for no documents)."""
+        if not texts:
+            return None
+        job = await plan(query, texts, max_doc_length)
+        assert job.usage is not None
+        check_budget(job.usage.total_tokens)
+        return await submit(job)
+
+    async def answer_rerank(body: RerankRequest, request: Request) -> RerankResponse:
         texts = body.texts()
-        if len(texts) > settings.max_documents:
-            message = f"at most {settings.max_documents} documents per request, got {len(texts)}"
-            raise ApiError(422, f"documents: {message}", [FieldError(field="documents", message=message)])
-        if texts:
-            job = await _plan(body.query, texts)
-            assert job.usage is not None
-            cost = job.usage.total_tokens
-            if cost > settings.max_request_tokens:
-                raise ApiError(413, f"the request holds {cost} tokens after truncation, more than the limit of "
-                                    f"{settings.max_request_tokens} per request; send fewer or shorter documents")
-            scored: ScoredJob = await batcher.submit(job, cost, settings.request_timeout)
-            metrics.scored(len(texts), scored.usage.total_tokens)
+        check_count(len(texts))
+        scored = await score_texts(body.query, texts, doc_limit(body.max_tokens_per_doc))
+        if scored is not None:
             ranking, usage = scored.ranking, scored.usage
             usage_out = Usage(total_tokens=usage.total_tokens, truncated_documents=usage.truncated_documents,
                               query_truncated=usage.query_truncated)
@@ -357,10 +429,11 @@ def create_app(reranker: Any, settings: ServeSettings | None = None, *, max_requ
             ranking, usage_out = [], Usage(total_tokens=0)
         if body.top_n is not None:
             ranking = ranking[: body.top_n]
-        keep_text = body.return_documents is not False
+        keep_text = body.return_documents
+        if keep_text is None:
+            keep_text = not _cohere_style(request, body)
         results = [
-            RerankResultOut(index=i, relevance_score=score,
-                            document=ResultDocument(text=texts[i]) if keep_text else None)
+            RerankResultOut(index=i, relevance_score=score, document=body.echoed(i, texts[i]) if keep_text else None)
             for i, score in ranking
         ]
         return RerankResponse(
@@ -368,24 +441,80 @@ def create_app(reranker: Any, settings: ServeSettings | None = None, *, max_requ
             meta=Meta(billed_units=BilledUnits(search_units=max(1, math.ceil(len(texts) / 100)))),
         )
 
-    async def _plan(query: str, texts: list[str]) -> RerankJob:
-        """Tokenize (bounded) off the event loop and off the model's thread."""
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(tokenize_pool, plan_job, tokenizer, query, texts,
-                                              settings.max_query_length, settings.max_doc_length, MAX_RUN_CHARS)
-        except TextTooLongError as exc:
-            field = "query" if exc.index == 0 else f"documents.{exc.index - 1}"
-            message = (f"has a run of more than {exc.max_run} characters without a word boundary; "
-                       "break it with spaces or punctuation")
-            raise ApiError(422, f"{field}: {message}", [FieldError(field=field, message=message)]) from None
+    async def rerank(body: RerankRequest, request: Request) -> RerankResponse:
+        """Rank documents by relevance to the query, best first.
 
-    for path in RERANK_PATHS:
+        The request's ``model`` is accepted and ignored: the served model answers and is named in
+        the response. ``usage.total_tokens`` counts query and document tokens after truncation.
+        """
+        return await answer_rerank(body, request)
+
+    for path in ("/v1/rerank", "/v2/rerank"):
         app.add_api_route(path, rerank, methods=["POST"], response_model=RerankResponse,
                           response_model_exclude_none=True, responses=responses, dependencies=protected,
                           max_body_size=settings.max_body_bytes,
-                          summary="Rerank documents" + (" (alias of /v1/rerank)" if path != RERANK_PATHS[0] else ""),
+                          summary="Rerank documents" + (" (Cohere v2: return_documents defaults to false)"
+                                                        if path == "/v2/rerank" else ""),
                           operation_id=f"rerank{path.replace('/', '_')}")
+
+    async def rerank_any_shape(request: Request) -> Response:
+        """The Jina/Cohere body (with ``documents``) as ``/v1/rerank``, or TEI's (with ``texts``).
+
+        TEI's answer is a bare list of ``{index, score, text?}``, best first.
+        """
+        data = await _read_json(request)
+        if isinstance(data, dict) and "texts" in data and "documents" not in data:
+            tei = _validate(TeiRerankRequest, data)
+            check_count(len(tei.texts), "texts")
+            scored = await score_texts(tei.query, tei.texts, settings.max_doc_length)
+            ranks = [TeiRank(index=i, score=score, text=tei.texts[i] if tei.return_text else None)
+                     for i, score in (scored.ranking if scored else [])]
+            return JSONResponse([r.model_dump(exclude_none=True) for r in ranks])
+        out = await answer_rerank(_validate(RerankRequest, data), request)
+        return JSONResponse(out.model_dump(mode="json", exclude_none=True))
+
+    app.add_api_route(
+        "/rerank", rerank_any_shape, methods=["POST"], response_model=None, dependencies=protected,
+        max_body_size=settings.max_body_bytes, operation_id="rerank_rerank",
+        summary="Rerank documents: the /v1/rerank body, or Text Embeddings Inference's {query, texts}",
+        responses={200: {"description": "RerankResponse for the Jina/Cohere body; a list of {index, score, text?} "
+                                        "for TEI's", "content": {"application/json": {"schema": {"oneOf": [
+                                            {"$ref": "#/components/schemas/RerankResponse"},
+                                            {"type": "array", "items": TeiRank.model_json_schema()}]}}}},
+                   **responses},
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": [
+            {"$ref": "#/components/schemas/RerankRequest"}, _inline_schema(TeiRerankRequest)]}}}}},
+    )
+
+    async def score(body: ScoreRequest) -> ScoreResponse:
+        """vLLM's scoring API: one ``text_1`` ranks all ``text_2`` together (as a rerank request, so
+        each score depends on the other documents, as listwise scores do); equal-length lists score
+        each pair alone. ``data`` is in ``text_2`` order."""
+        try:
+            pairs = body.pairs()
+        except ValueError as exc:
+            raise ApiError(422, f"text_2: {exc}", [FieldError(field="text_2", message=str(exc))]) from None
+        check_count(sum(len(docs) for _, docs in pairs), "text_2")
+        limit = doc_limit(body.truncate_prompt_tokens)
+        jobs = [await plan(q, docs, limit) for q, docs in pairs]
+        check_budget(sum(j.usage.total_tokens for j in jobs if j.usage))
+        scored: list[ScoredJob] = []
+        for start in range(0, len(jobs), 16):
+            scored.extend(await asyncio.gather(*(submit(j) for j in jobs[start: start + 16])))
+        if len(pairs) == 1:
+            by_index = dict(scored[0].ranking)
+            data = [ScoreData(index=i, score=by_index[i]) for i in range(len(pairs[0][1]))]
+        else:
+            data = [ScoreData(index=i, score=s.ranking[0][1]) for i, s in enumerate(scored)]
+        tokens = sum(s.usage.total_tokens for s in scored)
+        return ScoreResponse(id=f"score-{uuid.uuid4().hex}", created=int(time.time()), model=model_name, data=data,
+                             usage=ScoreUsage(prompt_tokens=tokens, total_tokens=tokens))
+
+    for path in ("/score", "/v1/score"):
+        app.add_api_route(path, score, methods=["POST"], response_model=ScoreResponse, responses=responses,
+                          dependencies=protected, max_body_size=settings.max_body_bytes,
+                          summary="Score text_2 against text_1 (vLLM's /score)",
+                          operation_id=f"score{path.replace('/', '_')}")
 
     @app.get("/v1/models", response_model=ModelList, dependencies=protected, summary="The served model",
              responses={k: v for k, v in responses.items() if k == 401})
@@ -413,6 +542,17 @@ def create_app(reranker: Any, settings: ServeSettings | None = None, *, max_requ
                        reject=lambda status, detail, headers: _error_response(status, detail, headers=headers))
     app.add_middleware(MetricsMiddleware, metrics=metrics, endpoints=KNOWN_PATHS)
     return app
+
+
+def public_model_name(name: str) -> str:
+    """The name responses show: a local checkpoint's directory name, never its filesystem path.
+
+    Hub ids (``jinaai/jina-reranker-v3``) and built-in names (``lbnl-small``) stay as they are.
+    """
+    path = Path(name).expanduser()
+    if path.is_absolute() or name.startswith((".", "~")) or path.exists():
+        return path.resolve().name or name
+    return name
 
 
 def _listen(host: str, port: int) -> socket.socket:

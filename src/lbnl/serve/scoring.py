@@ -46,6 +46,7 @@ class RerankJob:
     query: str
     texts: list[str]
     usage: JobUsage | None = None
+    max_doc_length: int | None = None  # the request's own limit; None: the server's
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def plan_job(tokenizer: Any, query: str, texts: Sequence[str], max_query_length:
         truncated_documents=sum(n > max_doc_length for n in docs),
         query_truncated=len(q_ids) > max_query_length,
     )
-    return RerankJob(q_prefix, prefixes, usage)
+    return RerankJob(q_prefix, prefixes, usage, max_doc_length)
 
 
 def count_usage(tokenizer: Any, query: str, texts: Sequence[str], max_query_length: int,
@@ -110,13 +111,20 @@ def make_runner(reranker: Any, max_query_length: int, max_doc_length: int
         if bad:
             return NonFiniteScores(f"the model produced {bad} non-finite score(s) (NaN or infinity) for "
                                    f"{len(ranking)} document(s): the checkpoint or its numeric precision is broken")
-        usage = job.usage or count_usage(reranker.tokenizer, job.query, job.texts, max_query_length, max_doc_length)
+        usage = job.usage or count_usage(reranker.tokenizer, job.query, job.texts, max_query_length,
+                                         job.max_doc_length or max_doc_length)
         return ScoredJob(ranking=ranking, usage=usage)
 
     def score(jobs: list[RerankJob]) -> list[ScoredJob | BaseException]:
-        ranked = reranker.rerank_many([j.query for j in jobs], [j.texts for j in jobs], top_n=None,
-                                      max_query_length=max_query_length, max_doc_length=max_doc_length)
-        return [one(job, results) for job, results in zip(jobs, ranked)]
+        """One ``rerank_many`` call per document length limit in the batch (usually one)."""
+        outcomes: list[ScoredJob | BaseException | None] = [None] * len(jobs)
+        for limit in sorted({j.max_doc_length or max_doc_length for j in jobs}):
+            group = [i for i, j in enumerate(jobs) if (j.max_doc_length or max_doc_length) == limit]
+            ranked = reranker.rerank_many([jobs[i].query for i in group], [jobs[i].texts for i in group], top_n=None,
+                                          max_query_length=max_query_length, max_doc_length=limit)
+            for i, results in zip(group, ranked):
+                outcomes[i] = one(jobs[i], results)
+        return outcomes  # type: ignore[return-value]
 
     def run(jobs: list[RerankJob]) -> list[ScoredJob | BaseException]:
         try:
