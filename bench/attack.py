@@ -187,6 +187,8 @@ def main() -> int:
     p.add_argument("--idle", type=int, default=1000, help="idle sockets in phase 3 (default 1000, at most 5000)")
     p.add_argument("--out", default=str(ROOT / "runs" / "attack"), help="output path without extension")
     p.add_argument("--server-arg", action="append", default=[], help="extra lbnl serve argument (repeatable)")
+    p.add_argument("--phases", default="alone,attack,idle",
+                   help="comma-separated subset of alone,attack,idle to run (default: all three)")
     args = p.parse_args()
     if not 1 <= args.idle <= 5000 or not 0 < args.seconds <= 300:
         p.error("--idle must be in 1..5000 and --seconds in (0, 300]")
@@ -216,7 +218,9 @@ def main() -> int:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
 
-            phase("alone", lambda: normal_clients(server.url, bodies, args.clients, args.seconds))
+            phases = set(args.phases.split(","))
+            if "alone" in phases:
+                phase("alone", lambda: normal_clients(server.url, bodies, args.clients, args.seconds))
 
             def with_attacker() -> dict[str, Any]:
                 queue: Any = mp.get_context("spawn").Queue()
@@ -229,7 +233,8 @@ def main() -> int:
                 proc.join(60)
                 return {**result, "attacker": attack}
 
-            phase(f"{args.attack_mib} MiB documents", with_attacker)
+            if "attack" in phases:
+                phase(f"{args.attack_mib} MiB documents", with_attacker)
 
             def with_idle() -> dict[str, Any]:
                 with IdleSockets(HOST, port, args.idle) as idle:
@@ -237,7 +242,8 @@ def main() -> int:
                     return {**result, "idle": {"open_at_end": len(idle.sockets), "opened": idle.opened,
                                                "closed_by_server": idle.closed_by_server}}
 
-            phase(f"{args.idle:,} idle sockets", with_idle)
+            if "idle" in phases:
+                phase(f"{args.idle:,} idle sockets", with_idle)
             rss_end = rss_mb(pid)
             log = server.log()
     cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
