@@ -109,7 +109,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-auth", action="store_true",
                    help="serve without a key even if LBNL_API_KEY is set (without any key given, no key is needed)")
     p.add_argument("--served-model-name", default=None,
-                   help="model name shown in responses and /v1/models (default: the --model value)")
+                   help="model name shown in responses and /v1/models (default: the model's own name: "
+                        "lbnl-small, the hub id, or the checkpoint directory's name; never a path)")
     p.add_argument("--max-batch-tokens", type=int, default=16384,
                    help="token budget of one batch of requests and of one forward (default 16384)")
     p.add_argument("--batch-wait-ms", type=float, default=5.0,
