@@ -167,6 +167,23 @@ def test_row2_idle_sockets_cannot_lock_the_server(hard: ServerProcess) -> None:
             s.close()
 
 
+def test_row2_slow_bodies_cannot_lock_the_server(hard: ServerProcess) -> None:
+    head = (b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + KEY.encode() + b"\r\nContent-Length: 100000\r\n\r\n{")
+    slow = []
+    try:
+        for _ in range(MAX_CONNECTIONS + 10):
+            s = socket.create_connection(address(hard))
+            s.sendall(head)
+            slow.append(s)
+        time.sleep(0.2)
+        r = post(hard, {"query": "tea", "documents": ["a", "b"]})
+        assert r.status_code == 200, r.text
+    finally:
+        for s in slow:
+            s.close()
+
+
 def test_row2_drip_fed_headers_are_cut_off(hard: ServerProcess) -> None:
     with socket.create_connection(address(hard)) as s:
         start = time.monotonic()

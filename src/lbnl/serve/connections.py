@@ -9,9 +9,11 @@ Here:
   sent a complete request head within ``header_timeout`` seconds of connecting, or of its previous
   response, is closed) and a **connection cap that evicts idle connections**: when more than
   ``max_connections`` are open, the one that has waited longest for its next request head is
-  closed to make room; a connection whose request is being served is never evicted.
+  closed to make room (failing that, the oldest one still sending a request body); a connection
+  whose request is being answered is never evicted.
 - :class:`BodyDeadlineMiddleware` gives a request ``body_timeout`` seconds from its head to the
-  end of its body (then 408), and caps the requests in progress at once (then 503).
+  end of its body (then 408), and caps the requests in progress at once (then 503); requests
+  still receiving their body do not count (the connection cap and the deadline bound those).
 """
 
 from __future__ import annotations
@@ -44,14 +46,24 @@ def protocol_class(header_timeout: float, max_connections: int | None) -> type:
             super().connection_made(transport)
             self._await_head()
             if max_connections is not None and len(self.connections) > max_connections:
-                idle = [p for p in self.connections
-                        if isinstance(p, GuardedH11Protocol) and p is not self and p.waiting_for_head()]
-                victim = min(idle, key=lambda p: p._waiting_since) if idle else self
+                open_ = [p for p in self.connections if isinstance(p, GuardedH11Protocol) and p is not self
+                         and not p.transport.is_closing()]
+                if len(open_) < max_connections:
+                    return
+                # Idle connections first, then ones still sending a request body, the longest waiting first.
+                candidates = [p for p in open_ if p.waiting_for_head() or p.receiving_body()]
+                victim = min(candidates, key=lambda p: (not p.waiting_for_head(), p._waiting_since),
+                             default=self)
                 victim._close()
 
         def waiting_for_head(self) -> bool:
             """No request in progress: before the first request head or after a finished response."""
             return self.cycle is None or self.cycle.response_complete
+
+        def receiving_body(self) -> bool:
+            """A request head arrived and its body is still coming in."""
+            return (self.cycle is not None and not self.cycle.response_complete
+                    and self.conn.their_state is h11.SEND_BODY)
 
         def _await_head(self) -> None:
             self._waiting_since = time.monotonic()
@@ -104,23 +116,30 @@ class BodyDeadlineMiddleware:
         self.max_requests = max_requests
         self.reject = reject
         self.in_progress = 0
+        self.reading = 0  # of those, requests still receiving their body (bounded by the connection cap)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self.max_requests is not None and self.in_progress >= self.max_requests:
+        if self.max_requests is not None and self.in_progress - self.reading >= self.max_requests:
             response = self.reject(503, f"the server is busy: {self.max_requests} requests are in progress; "
                                         "retry later", {"Retry-After": "1"})
             await response(scope, receive, send)
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.body_timeout
-        body_done = False
+        headers = dict(scope.get("headers") or [])
+        body_done = headers.get(b"content-length", b"0") in (b"0", b"") and b"transfer-encoding" not in headers
         started = False
 
-        async def timed_receive() -> Message:
+        def finish_body() -> None:
             nonlocal body_done
+            if not body_done:
+                body_done = True
+                self.reading -= 1
+
+        async def timed_receive() -> Message:
             if body_done:
                 return await receive()
             remaining = deadline - loop.time()
@@ -129,7 +148,7 @@ class BodyDeadlineMiddleware:
             except asyncio.TimeoutError:
                 raise BodyTimeout(self.body_timeout) from None
             if message["type"] != "http.request" or not message.get("more_body", False):
-                body_done = True
+                finish_body()
             return message
 
         async def tracked_send(message: Message) -> None:
@@ -139,6 +158,8 @@ class BodyDeadlineMiddleware:
             await send(message)
 
         self.in_progress += 1
+        if not body_done:
+            self.reading += 1
         try:
             await self.app(scope, timed_receive, tracked_send)
         except BodyTimeout as exc:
@@ -146,4 +167,5 @@ class BodyDeadlineMiddleware:
                 raise
             await self.reject(408, str(exc), {"Connection": "close"})(scope, receive, send)
         finally:
+            finish_body()
             self.in_progress -= 1
