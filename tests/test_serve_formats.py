@@ -147,3 +147,18 @@ def test_openapi_lists_the_formats(server: ServerProcess) -> None:
     assert len(body["oneOf"]) == 2
     props = schema["components"]["schemas"]["RerankRequest"]["properties"]
     assert {"rank_fields", "max_tokens_per_doc", "return_documents"} <= set(props)
+
+
+def test_the_real_cohere_sdk(server: ServerProcess) -> None:
+    """The cohere SDK itself (v1 with rank_fields, v2 with max_tokens_per_doc), when it is installed."""
+    cohere = pytest.importorskip("cohere")
+    v1 = cohere.Client(api_key="none", base_url=server.url)
+    docs = [{"title": "Tea", "text": DOCS[0]}, {"title": "Markets", "text": DOCS[1]}]
+    out = v1.rerank(model="rerank-english-v3.0", query="green tea", documents=docs, rank_fields=["title", "text"],
+                    top_n=2)
+    assert len(out.results) == 2 and all(r.document is None for r in out.results)
+    out = v1.rerank(model="rerank-english-v3.0", query="tea", documents=["tea", "coffee"], return_documents=True)
+    assert {r.document.text for r in out.results} == {"tea", "coffee"}
+    v2 = cohere.ClientV2(api_key="none", base_url=server.url)
+    out = v2.rerank(model="rerank-v3.5", query="tea", documents=["tea " * 100, "coffee"], max_tokens_per_doc=4)
+    assert len(out.results) == 2
