@@ -162,3 +162,27 @@ def test_the_real_cohere_sdk(server: ServerProcess) -> None:
     v2 = cohere.ClientV2(api_key="none", base_url=server.url)
     out = v2.rerank(model="rerank-v3.5", query="tea", documents=["tea " * 100, "coffee"], max_tokens_per_doc=4)
     assert len(out.results) == 2
+
+
+def test_rerankers_tei_provider_payload(server: ServerProcess) -> None:
+    """Exactly what rerankers' ``text-embeddings-inference`` provider (0.10) posts, and how it reads the answer."""
+    import json
+
+    docs = ["Green tea is healthy.", "Coffee prices rose."]
+    payload = json.dumps({"model": "lbnl", "query": "green tea", "texts": docs, "top_n": len(docs),
+                          "return_text": True})
+    r = httpx.post(server.url + "/rerank", content=payload, timeout=60,
+                   headers={"accept": "application/json", "content-type": "application/json",
+                            "Authorization": "Bearer none"})
+    assert r.status_code == 200, r.text
+    ranked = [(docs[x["index"]], x["score"], x["text"]) for x in r.json()]
+    assert sorted(d for d, _, _ in ranked) == sorted(docs) and all(d == t for d, _, t in ranked)
+
+
+def test_the_real_rerankers_api_providers(server: ServerProcess) -> None:
+    """rerankers' TEI, Jina and Cohere providers, when rerankers (and requests) are installed."""
+    api = pytest.importorskip("rerankers.models.api_rankers")
+    for provider, path in (("text-embeddings-inference", "/rerank"), ("jina", "/v1/rerank"), ("cohere", "/v1/rerank")):
+        out = api.APIRanker("lbnl", api_key="none", api_provider=provider, url=server.url + path).rank(
+            "green tea", ["Green tea is healthy.", "Coffee prices rose."])
+        assert [x.rank for x in out.results] == [1, 2], provider
