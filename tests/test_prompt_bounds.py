@@ -26,6 +26,25 @@ PIECES = [
 ]
 
 
+@pytest.fixture(scope="module", params=["qwen3", "smollm2"])
+def tok(request, lbnl_tokenizer):
+    """Both tokenizer shapes the cut rules are proved for: Qwen3 (with the LBNL tokens) and SmolLM2,
+    lbnl-small's base (from the lbnl cache, skipped when it was never downloaded)."""
+    if request.param == "qwen3":
+        return lbnl_tokenizer
+    from transformers import AutoTokenizer
+
+    from lbnl.models.bases import cache_root
+
+    path = cache_root() / "bases" / "smollm2-135m-instruct"
+    if not (path / "tokenizer.json").exists():
+        pytest.skip("the SmolLM2 base is not in the lbnl cache")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|embed_token|>", "<|rerank_token|>"]},
+                                 replace_additional_special_tokens=False)
+    return tokenizer
+
+
 def tricky_text(rng: random.Random, n: int) -> str:
     return "".join(rng.choice(PIECES) for _ in range(n))
 
@@ -34,13 +53,14 @@ def ids(tokenizer, text: str) -> list[int]:
     return tokenizer([text], add_special_tokens=False)["input_ids"][0]
 
 
-def test_the_qwen3_tokenizer_is_supported(lbnl_tokenizer) -> None:
-    added = _cut_support(lbnl_tokenizer)
+def test_the_tokenizers_are_supported(tok) -> None:
+    added = _cut_support(tok)
     assert added is not None and "<|embed_token|>" in added and "<|im_end|>" in added
 
 
-def test_every_cut_splits_the_tokenization(lbnl_tokenizer) -> None:
+def test_every_cut_splits_the_tokenization(tok) -> None:
     """At every cut b the rules allow, ids(text) == ids(text[:b]) + ids(text[b:])."""
+    lbnl_tokenizer = tok
     added = _cut_support(lbnl_tokenizer)
     rng = random.Random(18)
     checked = 0
@@ -57,7 +77,8 @@ def test_every_cut_splits_the_tokenization(lbnl_tokenizer) -> None:
 
 
 @pytest.mark.parametrize("kind", ["digits", "spaces", "cjk", "emoji", "mixed", "english", "specials", "newlines"])
-def test_truncation_equals_whole_tokenization(lbnl_tokenizer, kind: str) -> None:
+def test_truncation_equals_whole_tokenization(tok, kind: str) -> None:
+    lbnl_tokenizer = tok
     rng = random.Random(kind)
     text = {
         "digits": "".join(rng.choice("0123456789") for _ in range(50_000)),

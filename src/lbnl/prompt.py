@@ -170,9 +170,11 @@ _SUPPORT: "weakref.WeakKeyDictionary[Any, tuple[str, ...] | None]" = weakref.Wea
 def _cut_support(tokenizer: Any) -> tuple[str, ...] | None:
     """The added-token strings when ``tokenizer`` is a shape :data:`_CUT` is proved for, else ``None``.
 
-    That shape: a fast tokenizer with an NFC (or no) normalizer, the Qwen2 split regex (isolated)
-    then a byte-level step without its own regex, a BPE model, and added tokens matched on the raw
-    text without stripping.
+    Those shapes: a fast BPE tokenizer whose added tokens are matched on the raw text without
+    stripping, and either (Qwen2/Qwen3) an NFC (or no) normalizer, the Qwen2 split regex (isolated)
+    then a byte-level step without its own regex, or (SmolLM2, GPT-2 style) no normalizer, a split
+    around every digit, then the byte-level step with GPT-2's regex
+    ``'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+``.
     """
     try:
         return _SUPPORT[tokenizer]
@@ -184,16 +186,23 @@ def _cut_support(tokenizer: Any) -> tuple[str, ...] | None:
         normalizer = json.loads(backend.normalizer.__getstate__()) if backend.normalizer is not None else None
         pre = json.loads(backend.pre_tokenizer.__getstate__())
         steps = pre.get("pretokenizers", [])
-        ok = (
+        qwen2 = (  # Qwen2/Qwen3: NFC, the Qwen2 split regex, byte-level without its own regex
             normalizer in (None, {"type": "NFC"})
-            and type(backend.model).__name__ == "BPE"
-            and getattr(backend.model, "dropout", None) in (None, 0.0)
             and pre.get("type") == "Sequence" and len(steps) == 2
             and steps[0] == {"type": "Split", "pattern": {"Regex": QWEN2_SPLIT}, "behavior": "Isolated",
                              "invert": False}
             and steps[1].get("type") == "ByteLevel" and steps[1].get("use_regex") is False
             and steps[1].get("add_prefix_space") is False
         )
+        smollm = (  # SmolLM2 (lbnl-small's base): no normalizer, single digits, then the GPT-2 byte-level regex
+            normalizer is None
+            and pre.get("type") == "Sequence" and len(steps) == 2
+            and steps[0] == {"type": "Digits", "individual_digits": True}
+            and steps[1].get("type") == "ByteLevel" and steps[1].get("use_regex") is True
+            and steps[1].get("add_prefix_space") is False
+        )
+        ok = ((qwen2 or smollm) and type(backend.model).__name__ == "BPE"
+              and getattr(backend.model, "dropout", None) in (None, 0.0))
         added = list(tokenizer.added_tokens_decoder.values())
         if ok and all(not (t.normalized or t.lstrip or t.rstrip or t.single_word) for t in added):
             support = tuple(sorted({str(t.content) for t in added}))
@@ -277,7 +286,9 @@ def token_prefixes(texts: Sequence[str], tokenizer: Any, need: int, *,
     non-letter whatever follows it (the contractions ``'s``... end in a letter, so cannot span
     b); a run of punctuation followed by a space or tab ends there (``[\\r\\n]*`` reads
     nothing). So the pieces of ``text`` before b are the pieces of ``text[:b]``, and the ids of
-    ``text`` start with the ids of ``text[:b]``.
+    ``text`` start with the ids of ``text[:b]``. For the SmolLM2 shape the same cuts hold: there is
+    no normalizer, every digit is split off on its own before the regex runs, and in GPT-2's
+    regex a letter run ends at the first non-letter and a punctuation run at the first space.
 
     Texts shorter than ``FIRST_CUT_CHARS_PER_TOKEN * need`` characters, and every text of a
     tokenizer of another shape, are tokenized whole. A prefix that holds fewer than ``need``
