@@ -50,7 +50,8 @@ def normal_bodies(n: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     if (SCIFACT / "corpus.jsonl.gz").exists():
         with gzip.open(SCIFACT / "corpus.jsonl.gz", "rt", encoding="utf-8") as f:
-            corpus = [f"{r['title']}\n{' '.join(r['text'].split()[:60])}" for _, r in zip(range(3000), map(json.loads, f))]
+            rows = [json.loads(line) for _, line in zip(range(3000), f)]
+            corpus = [f"{r['title']}\n{' '.join(r['text'].split()[:60])}" for r in rows]
         with gzip.open(SCIFACT / "queries.jsonl.gz", "rt", encoding="utf-8") as f:
             queries = [r["text"] for r in map(json.loads, f)]
     else:
@@ -247,7 +248,8 @@ def main() -> int:
             rss_end = rss_mb(pid)
             log = server.log()
     cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model_name = next((line.split(":", 1)[1].strip() for line in cpu.splitlines() if line.startswith("Model name")), "?")
+    model_name = next((line.split(":", 1)[1].strip() for line in cpu.splitlines()
+                       if line.startswith("Model name")), "?")
     report = {"command": "python " + " ".join(shlex.quote(a) for a in sys.argv), "cpu": model_name,
               "python": platform.python_version(), "server_args": server_args[2:], "rss_start_mb": rss_start,
               "rss_end_mb": rss_end, "phases": rows, "server_tracebacks": log.count("Traceback")}

@@ -55,7 +55,8 @@ def test_cohere_v1_rank_fields_and_default_without_documents(server: ServerProce
     assert len(out["results"]) == 3 and all("document" not in x for x in out["results"]), "Cohere: default false"
     texts = ["title: Tea\ntext: " + DOCS[0], "title: Markets\ntext: " + DOCS[1], "text: " + DOCS[2], "title: Sport"]
     want = expected(tiny_reranker, body["query"], texts)
-    assert scores_by_index(out["results"]) == {i: pytest.approx(want[i], abs=1e-6) for i in scores_by_index(out["results"])}
+    got = scores_by_index(out["results"])
+    assert got == {i: pytest.approx(want[i], abs=1e-6) for i in got}
     echoed = post(server, "/v1/rerank", body | {"return_documents": True}, COHERE_SDK_HEADERS).json()["results"]
     assert {x["index"]: x["document"] for x in echoed} == {x["index"]: docs[x["index"]] for x in echoed}
     bad = post(server, "/v1/rerank", body | {"documents": [{"title": "a"}, {"body": "b"}]}, COHERE_SDK_HEADERS)

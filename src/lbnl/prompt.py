@@ -262,8 +262,9 @@ def _tokenize(tokenizer: Any, texts: list[str], positions: list[int] | None = No
             if m := _SURROGATE.search(text):
                 from .errors import InvalidInputError
 
-                raise InvalidInputError(f"text {positions[i] if positions else i} holds a lone surrogate (U+{ord(m.group()):04X}) at character "
-                                        f"{m.start()}, which is not valid Unicode") from None
+                where = positions[i] if positions else i
+                raise InvalidInputError(f"text {where} holds a lone surrogate (U+{ord(m.group()):04X}) at "
+                                        f"character {m.start()}, which is not valid Unicode") from None
         raise
 
 

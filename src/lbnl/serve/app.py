@@ -1,17 +1,19 @@
 """The rerank HTTP server: a FastAPI app over one loaded :class:`~lbnl.reranker.Reranker`.
 
 ``POST /v1/rerank`` (also ``/v2/rerank`` and ``/rerank``) speaks the Jina and Cohere rerank request and response
-shapes; ``GET /health``, ``GET /v1/models``, ``GET /metrics`` (Prometheus) and the OpenAPI docs
-(``/docs``) come with it. Every error is JSON ``{"detail": ...}``. Requests are batched
-dynamically by :class:`~lbnl.serve.batcher.DynamicBatcher`; see ``docs/serve.md``.
+shapes, ``/rerank`` also Text Embeddings Inference's, and ``POST /score`` (``/v1/score``) vLLM's;
+``GET /health``, ``GET /v1/models``, ``GET /metrics`` (Prometheus) and the OpenAPI docs (``/docs``)
+come with it. Every error is JSON ``{"detail": ...}``. Requests are batched dynamically by
+:class:`~lbnl.serve.batcher.DynamicBatcher`; connections are guarded by :mod:`lbnl.serve.connections`;
+see ``docs/serve.md``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import ipaddress
+import json
 import logging
 import math
 import socket
@@ -221,7 +223,8 @@ async def _read_json(request: Request) -> Any:
     if not body:
         raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}])
     main = content_type.split(";")[0].strip().lower()
-    if content_type and not (main == "application/json" or (main.startswith("application/") and main.endswith("+json"))):
+    is_json = main == "application/json" or (main.startswith("application/") and main.endswith("+json"))
+    if content_type and not is_json:
         raise RequestValidationError([{"type": "model_attributes_type", "loc": ("body",), "msg": "not JSON",
                                        "input": ""}])
     try:
