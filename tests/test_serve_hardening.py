@@ -201,9 +201,10 @@ def test_row2_drip_fed_headers_are_cut_off(hard: ServerProcess) -> None:
         assert closed and time.monotonic() - start < HEADER_S + 2
 
 
-def test_row2_drip_fed_body_gets_408(hard: ServerProcess) -> None:
+@pytest.mark.parametrize("path", ["/v1/rerank", "/rerank", "/score"])
+def test_row2_drip_fed_body_gets_408(hard: ServerProcess, path: str) -> None:
     with socket.create_connection(address(hard)) as s:
-        head = (b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        head = (b"POST " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                 b"Authorization: Bearer " + KEY.encode() + b"\r\nContent-Length: 1000\r\n\r\n")
         s.sendall(head)
         start = time.monotonic()
@@ -255,6 +256,21 @@ def test_rows_3_10_12_bad_bodies_get_422(hard: ServerProcess, content: bytes, fi
     body = r.json()
     assert [e["field"] for e in body["errors"]] == [field] and words in body["detail"], body
     assert "Traceback" not in hard.log() and "internal error" not in hard.log()
+
+
+@pytest.mark.parametrize("path", ["/rerank", "/score"])
+def test_row10_every_body_route_answers_the_same(hard: ServerProcess, path: str) -> None:
+    r = httpx.post(hard.url + path, content=b'{"query": "caf\xe9", "texts": ["a"]}', timeout=60,
+                   headers={"Content-Type": "application/json", **AUTH})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "body", r.text
+    big = b'{"query": "tea", "texts": ["' + b"x" * (17 * 2**20) + b'"]}'
+
+    def chunks():
+        for i in range(0, len(big), 2**20):
+            yield big[i: i + 2**20]
+
+    r = httpx.post(hard.url + path, content=chunks(), timeout=60, headers={"Content-Type": "application/json", **AUTH})
+    assert r.status_code == 413 and "16777216" in r.json()["detail"], r.text
 
 
 def test_row10_gzip_body_gets_422(hard: ServerProcess) -> None:
