@@ -8,7 +8,9 @@ runs three phases of ``--seconds`` each, 8 normal clients sending SciFact-sized 
 2. ``15 MiB documents``: plus one attacker (its own process) posting a 15 MiB document of digits
    back to back (the request of issue #18 row 1);
 3. ``1,000 idle sockets``: plus 1,000 connections that never send a byte, reopened as soon as the
-   server closes them (row 2).
+   server closes them (row 2);
+4. optionally (``--phases ...,slowloris``) ``slowloris``: plus 500 connections that each send a
+   request line and then one header line a second, never finishing the head (reopened when closed).
 
 It reports p50/p99 latency and status codes of the normal clients per phase, the attacker's own
 answers, and the server's RSS before and after. Everything is bounded: loopback only, fixed
@@ -126,11 +128,17 @@ def attacker(url: str, mib: int, seconds: float, out: Any) -> None:
 
 
 class IdleSockets:
-    """``count`` loopback connections that send nothing; closed ones are reopened every 0.2 s."""
+    """``count`` loopback connections that send nothing; closed ones are reopened every 0.2 s.
 
-    def __init__(self, host: str, port: int, count: int):
+    With ``drip``, each connection instead starts a request head and sends one more header line
+    every ``drip`` seconds without ever finishing it (a slowloris).
+    """
+
+    def __init__(self, host: str, port: int, count: int, drip: float | None = None):
         self.address = (host, port)
         self.count = count
+        self.drip = drip
+        self._last_drip = 0.0
         self.sockets: list[socket.socket] = []
         self.opened = 0
         self.closed_by_server = 0
@@ -144,6 +152,15 @@ class IdleSockets:
             s.connect_ex(self.address)
             self.sockets.append(s)
             self.opened += 1
+            if self.drip is not None:
+                self._send(s, b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\n")
+
+    @staticmethod
+    def _send(s: socket.socket, data: bytes) -> None:
+        try:
+            s.send(data)
+        except OSError:
+            pass
 
     def _keep(self) -> None:
         self._open()
@@ -164,6 +181,10 @@ class IdleSockets:
                     alive.append(s)
             self.sockets = alive
             self._open()
+            if self.drip is not None and time.monotonic() - self._last_drip >= self.drip:
+                self._last_drip = time.monotonic()
+                for s in self.sockets:
+                    self._send(s, b"X-Slow: 1\r\n")
 
     def __enter__(self) -> "IdleSockets":
         self._thread.start()
@@ -188,11 +209,13 @@ def main() -> int:
     p.add_argument("--idle", type=int, default=1000, help="idle sockets in phase 3 (default 1000, at most 5000)")
     p.add_argument("--out", default=str(ROOT / "runs" / "attack"), help="output path without extension")
     p.add_argument("--server-arg", action="append", default=[], help="extra lbnl serve argument (repeatable)")
+    p.add_argument("--slowloris", type=int, default=500,
+                   help="connections dripping a request head in the slowloris phase (default 500, at most 5000)")
     p.add_argument("--phases", default="alone,attack,idle",
-                   help="comma-separated subset of alone,attack,idle to run (default: all three)")
+                   help="comma-separated subset of alone,attack,idle,slowloris to run (default: the first three)")
     args = p.parse_args()
-    if not 1 <= args.idle <= 5000 or not 0 < args.seconds <= 300:
-        p.error("--idle must be in 1..5000 and --seconds in (0, 300]")
+    if not 1 <= args.idle <= 5000 or not 1 <= args.slowloris <= 5000 or not 0 < args.seconds <= 300:
+        p.error("--idle and --slowloris must be in 1..5000 and --seconds in (0, 300]")
 
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
@@ -245,6 +268,15 @@ def main() -> int:
 
             if "idle" in phases:
                 phase(f"{args.idle:,} idle sockets", with_idle)
+
+            def with_slowloris() -> dict[str, Any]:
+                with IdleSockets(HOST, port, args.slowloris, drip=1.0) as slow:
+                    result = normal_clients(server.url, bodies, args.clients, args.seconds)
+                    return {**result, "idle": {"open_at_end": len(slow.sockets), "opened": slow.opened,
+                                               "closed_by_server": slow.closed_by_server}}
+
+            if "slowloris" in phases:
+                phase(f"{args.slowloris:,} slowloris sockets (a header line a second)", with_slowloris)
             rss_end = rss_mb(pid)
             log = server.log()
     cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
