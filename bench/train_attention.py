@@ -1,6 +1,6 @@
 """Training step time with torch's SDPA against lbnl's chunked attention kernel, side by side.
 
-    python bench/train_attention.py [--model src/lbnl/models/weights/lbnl-small-stage1] [--lists 4]
+    python bench/train_attention.py [--model src/lbnl/checkpoints/weights/lbnl-small-stage1] [--lists 4]
                                     [--tokens 1320] [--repeats 3] [--threads 1]
 
 Loads the model twice (one copy with ``lbnl.attention.use_chunked_attention``), puts LoRA on the last
@@ -18,7 +18,7 @@ import time
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="src/lbnl/models/weights/lbnl-small-stage1")
+    parser.add_argument("--model", default="src/lbnl/checkpoints/weights/lbnl-small-stage1")
     parser.add_argument("--lists", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=1320)
     parser.add_argument("--repeats", type=int, default=3)

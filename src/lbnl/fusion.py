@@ -5,10 +5,13 @@ checkpoint, and ``Reranker.from_pretrained`` then returns a :class:`FusedReranke
 model: BM25 over the candidates is the only lexical evidence a rerank call has, since it never sees
 a corpus. Two transforms exist:
 
-- ``minmax``: ``w * minmax(model) + (1 - w) * minmax(bm25)`` over each request. Scores only compare
-  within one request (a lone document always scores 0).
-- ``fixed``: ``w * (1 + cos) / 2 + (1 - w) * bm25 / (bm25 + scale)``: every score in [0, 1] means the
-  same in every request, so thresholds and merged results stay meaningful.
+- ``coverage``: ``w * cos + (1 - w) * coverage``, where ``coverage`` is the fraction of the query's
+  terms (stemmed, stopwords removed) that the document holds. Each score depends on its query and
+  document only, so it means the same in every request: thresholds, merged results and a lone
+  document's score stay meaningful.
+- ``minmax``: ``w * minmax(model) + (1 - w) * minmax(bm25)`` over each request (BM25 with the
+  request's documents as its corpus). Scores only compare within one request (a lone document
+  always scores 0); the first lbnl-small shipped with it.
 """
 
 from __future__ import annotations
@@ -19,23 +22,19 @@ from typing import Any, Sequence
 import numpy as np
 
 from .checkpoints.info import Fusion
-from .ir.bm25 import candidate_bm25
-from .ir.fusion import minmax
 from .base import BaseReranker, Document, ScoredList, document_text
-
-#: BM25 value that the ``fixed`` transform maps to 0.5.
-FIXED_BM25_SCALE = 10.0
+from .ir.bm25 import candidate_bm25, query_term_coverage
+from .ir.fusion import minmax
 
 
 def fuse_scores(fusion: Fusion, query: str, texts: Sequence[str], scores: Sequence[float]) -> list[float]:
     """Blend one request's model scores with BM25 over its documents, as ``fusion`` says."""
     if not scores:
         return []
-    lexical = candidate_bm25(query, texts)
     w = fusion.weight
     if fusion.transform == "minmax":
-        return [w * m + (1 - w) * b for m, b in zip(minmax(scores), minmax(lexical))]
-    return [w * (1 + m) / 2 + (1 - w) * b / (b + FIXED_BM25_SCALE) for m, b in zip(scores, lexical)]
+        return [w * m + (1 - w) * b for m, b in zip(minmax(scores), minmax(candidate_bm25(query, texts)))]
+    return [w * float(m) + (1 - w) * c for m, c in zip(scores, query_term_coverage(query, texts))]
 
 
 class FusedReranker(BaseReranker):
@@ -66,7 +65,9 @@ class FusedReranker(BaseReranker):
         return out
 
     def normalize(self, scores: np.ndarray) -> np.ndarray:
-        return np.asarray(scores, dtype=np.float64)
+        if self.fusion.transform == "minmax":
+            return np.asarray(scores, dtype=np.float64)  # already in [0, 1]
+        return (np.asarray(scores, dtype=np.float64) + 1.0) / 2.0  # w * [-1, 1] + (1 - w) * [0, 1] within [-1, 1]
 
     def settings(self) -> dict[str, Any]:
         return {**self.reranker.settings(), "fusion": self.fusion.as_dict()}

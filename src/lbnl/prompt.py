@@ -1,4 +1,4 @@
-"""The LBNL prompt: template, sanitising, truncation and block planning.
+"""The LBNL prompt: template, sanitising and block planning (truncation is :mod:`lbnl.truncation`).
 
 Pure text and token-id logic with no torch import, so it is testable on its own and shared by
 inference and training. Everything here follows docs/spec.md (prompt, truncation, blocks).
@@ -6,9 +6,10 @@ inference and training. Everything here follows docs/spec.md (prompt, truncation
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Sequence
 
 from .defaults import DEFAULT_BLOCK_SIZE, EMBED_TOKEN, RERANK_TOKEN, SPECIAL_TOKENS
+from .truncation import truncate, truncate_many
 
 __all__ = ["DEFAULT_BLOCK_SIZE", "EMBED_TOKEN", "RERANK_TOKEN", "SPECIAL_TOKENS", "build_prompt", "plan_blocks",
            "prompt_head", "sanitize", "truncate", "truncate_many"]
@@ -22,14 +23,6 @@ SYSTEM_PROMPT = (
 )
 PREFIX = f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n"
 SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
-
-
-class Tokenizer(Protocol):
-    """The part of a Hugging Face tokenizer that prompt building needs."""
-
-    def __call__(self, text: list[str], **kwargs: object) -> dict[str, list[list[int]]]: ...
-
-    def decode(self, ids: Sequence[int], **kwargs: object) -> str: ...
 
 
 def sanitize(text: str) -> str:
@@ -81,31 +74,6 @@ def prompt_head(query: str, count: int, instruction: str | None = None, *, early
     if instruction:
         parts.append(f"<instruct>\n{sanitize(instruction)}\n</instruct>\n")
     return "".join(parts)
-
-
-def truncate(text: str, tokenizer: Tokenizer, max_length: int) -> tuple[str, int]:
-    """Cut ``text`` to ``max_length`` tokens the way the official code does.
-
-    Returns the (possibly decoded) text and its token count. A text whose count reaches the cap
-    is replaced by the decode of its first ``max_length`` tokens, special tokens kept.
-    """
-    texts, counts = truncate_many([text], tokenizer, max_length)
-    return texts[0], counts[0]
-
-
-def truncate_many(texts: Sequence[str], tokenizer: Tokenizer, max_length: int) -> tuple[list[str], list[int]]:
-    """:func:`truncate` for many texts with one batched tokenizer call."""
-    if not texts:
-        return [], []
-    all_ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]  # type: ignore[operator]
-    out_texts, counts = [], []
-    for text, ids in zip(texts, all_ids):
-        if len(ids) >= max_length:
-            ids = ids[:max_length]
-            text = tokenizer.decode(ids, skip_special_tokens=False)
-        out_texts.append(text)
-        counts.append(len(ids))
-    return out_texts, counts
 
 
 def plan_blocks(

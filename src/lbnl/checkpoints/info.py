@@ -29,7 +29,7 @@ ADAPTER_FORMAT = "lbnl-adapter"
 ADAPTER_VERSION = 1
 MODES = ("listwise", "pointwise")
 #: How fused scores are made: see :mod:`lbnl.fusion`.
-FUSION_TRANSFORMS = ("minmax", "fixed")
+FUSION_TRANSFORMS = ("minmax", "coverage")
 
 
 @dataclass(frozen=True)

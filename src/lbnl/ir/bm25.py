@@ -211,6 +211,25 @@ def _thread_stemmer(name: str) -> Any:
     return stemmers[name]
 
 
+def query_term_coverage(query: str, texts: Sequence[str], params: BM25Params = BM25Params()) -> list[float]:
+    """Fraction of the query's distinct terms that occur in each text, in [0, 1].
+
+    Terms as BM25 sees them (stopwords removed, stemmed). A text's value depends on the query and that
+    text only, never on the other texts, so it means the same in every request; a query without any
+    term gives 0 everywhere.
+    """
+    import bm25s
+
+    if not texts:
+        return []
+    tokens = bm25s.tokenize([query, *texts], stopwords=params.stopwords, stemmer=_thread_stemmer(params.stemmer),
+                            return_ids=False, show_progress=False)
+    terms = set(tokens[0])
+    if not terms:
+        return [0.0] * len(texts)
+    return [len(terms & set(doc)) / len(terms) for doc in tokens[1:]]
+
+
 def candidate_bm25(query: str, texts: Sequence[str], params: BM25Params = BM25Params()) -> list[float]:
     """BM25 of ``query`` against an index of ``texts`` alone (term statistics from these texts only).
 

@@ -6,16 +6,19 @@ each other: a request scores exactly as it would alone, whatever else is in the 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from ..truncation import token_prefixes
 
-@dataclass(frozen=True)
-class RerankJob:
-    """One request as the worker sees it."""
+#: A document or query with a run of more characters than this without a word boundary (one
+#: pre-token, such as a megabyte of emoji) is refused rather than tokenized whole.
+MAX_RUN_CHARS = 65536
 
-    query: str
-    texts: list[str]
+
+class NonFiniteScores(RuntimeError):
+    """The model produced a NaN or infinite score: a broken checkpoint or numeric overflow."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,20 @@ class JobUsage:
 
 
 @dataclass(frozen=True)
+class RerankJob:
+    """One request as the worker sees it.
+
+    ``texts`` (and ``query``) may be prefixes of the caller's texts from :func:`plan_job`, which
+    truncate exactly like the full texts; ``usage`` is then already known and not recounted.
+    """
+
+    query: str
+    texts: list[str]
+    usage: JobUsage | None = None
+    max_doc_length: int | None = None  # the request's own limit; None: the server's
+
+
+@dataclass(frozen=True)
 class ScoredJob:
     """Every document of a request, best first, as ``(index, relevance_score)``, and its usage."""
 
@@ -46,36 +63,68 @@ def estimate_tokens(query: str, texts: Sequence[str], max_query_length: int, max
     return q + sum(min(len(t) // 3 + 1, max_doc_length) for t in texts)
 
 
+def plan_job(tokenizer: Any, query: str, texts: Sequence[str], max_query_length: int, max_doc_length: int,
+             max_run: int | None = MAX_RUN_CHARS) -> RerankJob:
+    """The job for one request: each text cut to a prefix that truncates exactly like it, and its usage.
+
+    Tokenizer work is bounded by the length limits, not by the texts (see
+    :func:`lbnl.prompt.token_prefixes`); the token counts come from this one pass. Raises
+    :class:`lbnl.prompt.TextTooLongError` (``index`` 0 is the query, ``i + 1`` document ``i``)
+    for a text with a run of more than ``max_run`` characters that cannot be cut.
+    """
+    (q_prefix,), (q_ids,) = token_prefixes([query], tokenizer, max_query_length + 1, max_run=max_run)
+    try:
+        prefixes, ids = token_prefixes(texts, tokenizer, max_doc_length + 1, max_run=max_run)
+    except ValueError as exc:
+        if hasattr(exc, "index"):
+            exc.index += 1  # type: ignore[attr-defined]
+        raise
+    docs = [len(x) for x in ids]
+    usage = JobUsage(
+        query_tokens=min(len(q_ids), max_query_length),
+        document_tokens=sum(min(n, max_doc_length) for n in docs),
+        truncated_documents=sum(n > max_doc_length for n in docs),
+        query_truncated=len(q_ids) > max_query_length,
+    )
+    return RerankJob(q_prefix, prefixes, usage, max_doc_length)
+
+
 def count_usage(tokenizer: Any, query: str, texts: Sequence[str], max_query_length: int,
                 max_doc_length: int) -> JobUsage:
     """Exact token counts after truncation; equal to ``Reranker.count_tokens``, plus what was cut."""
-    lengths = [len(ids) for ids in tokenizer([query, *texts], add_special_tokens=False)["input_ids"]]
-    q, docs = lengths[0], lengths[1:]
-    return JobUsage(
-        query_tokens=min(q, max_query_length),
-        document_tokens=sum(min(n, max_doc_length) for n in docs),
-        truncated_documents=sum(n > max_doc_length for n in docs),
-        query_truncated=q > max_query_length,
-    )
+    usage = plan_job(tokenizer, query, texts, max_query_length, max_doc_length, max_run=None).usage
+    assert usage is not None
+    return usage
 
 
 def make_runner(reranker: Any, max_query_length: int, max_doc_length: int
                 ) -> Callable[[list[RerankJob]], list[ScoredJob | BaseException]]:
     """The batch function for :class:`~lbnl.serve.batcher.DynamicBatcher`.
 
-    If the batched call fails, every request is retried alone so only the faulty one fails.
+    If the batched call fails, every request is retried alone so only the faulty one fails. A
+    request with a NaN or infinite score fails with :class:`NonFiniteScores`.
     """
 
-    def score(jobs: list[RerankJob]) -> list[ScoredJob]:
-        ranked = reranker.rerank_many([j.query for j in jobs], [j.texts for j in jobs], top_n=None,
-                                      max_query_length=max_query_length, max_doc_length=max_doc_length)
-        return [
-            ScoredJob(
-                ranking=[(r.index, r.relevance_score) for r in results],
-                usage=count_usage(reranker.tokenizer, job.query, job.texts, max_query_length, max_doc_length),
-            )
-            for job, results in zip(jobs, ranked)
-        ]
+    def one(job: RerankJob, results: Sequence[Any]) -> ScoredJob | BaseException:
+        ranking = [(r.index, float(r.relevance_score)) for r in results]
+        bad = sum(not math.isfinite(score) for _, score in ranking)
+        if bad:
+            return NonFiniteScores(f"the model produced {bad} non-finite score(s) (NaN or infinity) for "
+                                   f"{len(ranking)} document(s): the checkpoint or its numeric precision is broken")
+        usage = job.usage or count_usage(reranker.tokenizer, job.query, job.texts, max_query_length,
+                                         job.max_doc_length or max_doc_length)
+        return ScoredJob(ranking=ranking, usage=usage)
+
+    def score(jobs: list[RerankJob]) -> list[ScoredJob | BaseException]:
+        """One ``rerank_many`` call per document length limit in the batch (usually one)."""
+        outcomes: list[ScoredJob | BaseException | None] = [None] * len(jobs)
+        for limit in sorted({j.max_doc_length or max_doc_length for j in jobs}):
+            group = [i for i, j in enumerate(jobs) if (j.max_doc_length or max_doc_length) == limit]
+            ranked = reranker.rerank_many([jobs[i].query for i in group], [jobs[i].texts for i in group], top_n=None,
+                                          max_query_length=max_query_length, max_doc_length=limit)
+            for i, results in zip(group, ranked):
+                outcomes[i] = one(jobs[i], results)
+        return outcomes  # type: ignore[return-value]
 
     def run(jobs: list[RerankJob]) -> list[ScoredJob | BaseException]:
         try:
