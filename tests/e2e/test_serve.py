@@ -23,7 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from lbnl import Reranker
-from lbnl.testing.server import ServerProcess
+from lbnl.testing.server import ServerProcess, serving
 
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "test-key-123"
@@ -42,13 +42,8 @@ def servers(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
                          logs / "server.log")
     slow = ServerProcess([*model, "--max-queue", "1", "--test-batch-delay-ms", str(DELAY_S * 1000),
                           "--request-timeout", str(TIMEOUT_S), "--api-key", API_KEY], logs / "slow.log")
-    try:
-        for s in (fast.start(), slow.start()):
-            s.wait_ready()
+    with serving(fast, slow):
         yield fast, slow
-    finally:
-        for s in (fast, slow):
-            s.stop()
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lbnl import Reranker
-from lbnl.testing.server import ServerProcess
+from lbnl.testing.server import ServerProcess, serving
 
 KEY = "clé-ключ-🔑"
 AUTH = {"Authorization": b"Bearer " + KEY.encode()}
@@ -60,13 +60,8 @@ def servers(tiny_checkpoint: Path, nan_checkpoint: Path, tmp_path_factory: pytes
                          logs / "hard.log")
     nan = ServerProcess(["--model", str(nan_checkpoint), "--device", "cpu"], logs / "nan.log")
     nan.env.pop("LBNL_API_KEY", None)
-    try:
-        for s in (hard.start(), nan.start()):
-            s.wait_ready()
+    with serving(hard, nan):
         yield hard, nan
-    finally:
-        for s in (hard, nan):
-            s.stop()
 
 
 @pytest.fixture(scope="module")

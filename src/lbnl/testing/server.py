@@ -13,8 +13,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from contextlib import contextmanager
 from types import TracebackType
-from typing import Mapping
+from typing import Iterator, Mapping
 
 _READY = re.compile(r"lbnl serve: .* on (http://\S+) ")
 
@@ -100,3 +101,17 @@ class ServerProcess:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+@contextmanager
+def serving(*servers: ServerProcess) -> Iterator[tuple[ServerProcess, ...]]:
+    """Start every server (they load their models in parallel), wait until each answers, stop them all after."""
+    try:
+        for server in servers:
+            server.start()
+        for server in servers:
+            server.wait_ready()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
