@@ -372,3 +372,25 @@ def test_row11_batched_scores_within_1e_6_and_same_ranking(hard: ServerProcess) 
         # The ranking is the same except between documents whose scores are within the bound.
         for x, y in zip(a, b):
             assert x["index"] == y["index"] or abs(scores_a[x["index"]] - scores_a[y["index"]]) <= 2e-6
+
+
+def test_row4_warning_beyond_loopback_without_a_key(tiny_reranker: Reranker, monkeypatch: pytest.MonkeyPatch,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """``serve`` on 0.0.0.0 without a key warns (checked without binding beyond loopback: uvicorn is not run)."""
+    import logging
+
+    import uvicorn
+
+    from lbnl.serve import app as app_module
+
+    monkeypatch.setattr(app_module, "_listen", lambda host, port: socket.create_server(("127.0.0.1", 0)))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: None)
+    monkeypatch.setattr(app_module, "_configure_logging", lambda level: None)
+    with caplog.at_level(logging.WARNING, logger="lbnl.serve"):
+        app_module.serve(tiny_reranker, app_module.ServeSettings(), host="0.0.0.0", port=0)
+        app_module.serve(tiny_reranker, app_module.ServeSettings(api_key="k"), host="0.0.0.0", port=0)
+        app_module.serve(tiny_reranker, app_module.ServeSettings(), host="127.0.0.1", port=0)
+    warnings = [r.getMessage() for r in caplog.records if "without an API key" in r.getMessage()]
+    assert len(warnings) == 1 and "0.0.0.0" in warnings[0]
+    with pytest.raises(Exception, match="empty"):
+        app_module.create_app(tiny_reranker, app_module.ServeSettings(api_key=""))
