@@ -150,3 +150,24 @@ def test_close_gives_up_on_a_stuck_batch_after_its_timeout(tiny_reranker: Rerank
             await stuck
 
     asyncio.run(main())
+
+
+def test_plan_stops_at_the_token_budget(tiny_reranker: Reranker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request over its token budget is refused after tokenizing about the budget, not all of it."""
+    from lbnl.serve import scoring
+
+    calls: list[int] = []
+    real = scoring.token_prefixes
+
+    def counting(texts, *args, **kwargs):
+        calls.append(len(texts))
+        return real(texts, *args, **kwargs)
+
+    monkeypatch.setattr(scoring, "token_prefixes", counting)
+    docs = ["tea " * 100] * 1000
+    with pytest.raises(scoring.TokenBudgetExceeded) as info:
+        scoring.plan_job(tiny_reranker.tokenizer, "tea", docs, 512, 64, max_tokens=500)
+    assert info.value.budget == 500 and info.value.tokens > 500
+    assert sum(calls) <= 1 + scoring.PLAN_CHUNK, "stopped after the first chunk of documents"
+    job = scoring.plan_job(tiny_reranker.tokenizer, "tea", docs[:100], 512, 64, max_tokens=10**6)
+    assert job.usage is not None and job.usage.document_tokens == 100 * 64 and job.usage.truncated_documents == 100

@@ -46,7 +46,9 @@ from .schemas import (
     BilledUnits, ErrorResponse, FieldError, Health, Meta, ModelCard, ModelList, RerankRequest, RerankResponse,
     RerankResultOut, ScoreData, ScoreRequest, ScoreResponse, ScoreUsage, TeiRank, TeiRerankRequest, Usage,
 )
-from .scoring import MAX_RUN_CHARS, NonFiniteScores, RerankJob, ScoredJob, make_runner, plan_job
+from .scoring import (
+    MAX_RUN_CHARS, NonFiniteScores, RerankJob, ScoredJob, TokenBudgetExceeded, make_runner, plan_job,
+)
 
 log = logging.getLogger("lbnl.serve")
 
@@ -384,12 +386,20 @@ def create_app(reranker: Any, settings: ServeSettings | None = None, *, max_requ
         """A request's own document length limit, never above the server's."""
         return settings.max_doc_length if requested is None else min(requested, settings.max_doc_length)
 
-    async def plan(query: str, texts: list[str], max_doc_length: int) -> RerankJob:
-        """Tokenize (bounded) off the event loop and off the model's thread."""
+    async def plan(query: str, texts: list[str], max_doc_length: int, spent: int = 0) -> RerankJob:
+        """Tokenize (bounded) off the event loop and off the model's thread.
+
+        Stops with 413 as soon as the request's tokens (``spent`` by its earlier jobs plus these)
+        exceed ``--max-request-tokens``.
+        """
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(tokenize_pool, plan_job, tokenizer, query, texts,
-                                              settings.max_query_length, max_doc_length, MAX_RUN_CHARS)
+                                              settings.max_query_length, max_doc_length, MAX_RUN_CHARS,
+                                              settings.max_request_tokens - spent)
+        except TokenBudgetExceeded as exc:
+            total = TokenBudgetExceeded(exc.tokens + spent, settings.max_request_tokens)
+            raise ApiError(413, str(total)) from None
         except TextTooLongError as exc:
             field = "query" if exc.index == 0 else f"documents.{exc.index - 1}"
             message = (f"has a run of more than {exc.max_run} characters without a word boundary; "
@@ -500,8 +510,11 @@ def create_app(reranker: Any, settings: ServeSettings | None = None, *, max_requ
             raise ApiError(422, f"text_2: {exc}", [FieldError(field="text_2", message=str(exc))]) from None
         check_count(sum(len(docs) for _, docs in pairs), "text_2")
         limit = doc_limit(body.truncate_prompt_tokens)
-        jobs = [await plan(q, docs, limit) for q, docs in pairs]
-        check_budget(sum(j.usage.total_tokens for j in jobs if j.usage))
+        jobs: list[RerankJob] = []
+        spent = 0
+        for q, docs in pairs:
+            jobs.append(await plan(q, docs, limit, spent))
+            spent += jobs[-1].usage.total_tokens if jobs[-1].usage else 0
         scored: list[ScoredJob] = []
         for start in range(0, len(jobs), 16):
             scored.extend(await asyncio.gather(*(submit(j) for j in jobs[start: start + 16])))

@@ -63,22 +63,48 @@ def estimate_tokens(query: str, texts: Sequence[str], max_query_length: int, max
     return q + sum(min(len(t) // 3 + 1, max_doc_length) for t in texts)
 
 
+class TokenBudgetExceeded(ValueError):
+    """A request holds more tokens (after truncation) than its budget; found before tokenizing all of it."""
+
+    def __init__(self, tokens: int, budget: int):
+        super().__init__(f"the request holds at least {tokens} tokens after truncation, more than the limit of "
+                         f"{budget} per request; send fewer or shorter documents")
+        self.tokens = tokens
+        self.budget = budget
+
+
+#: Documents tokenized per tokenizer call while a request's token budget is checked.
+PLAN_CHUNK = 64
+
+
 def plan_job(tokenizer: Any, query: str, texts: Sequence[str], max_query_length: int, max_doc_length: int,
-             max_run: int | None = MAX_RUN_CHARS) -> RerankJob:
+             max_run: int | None = MAX_RUN_CHARS, max_tokens: int | None = None) -> RerankJob:
     """The job for one request: each text cut to a prefix that truncates exactly like it, and its usage.
 
     Tokenizer work is bounded by the length limits, not by the texts (see
     :func:`lbnl.prompt.token_prefixes`); the token counts come from this one pass. Raises
     :class:`lbnl.prompt.TextTooLongError` (``index`` 0 is the query, ``i + 1`` document ``i``)
-    for a text with a run of more than ``max_run`` characters that cannot be cut.
+    for a text with a run of more than ``max_run`` characters that cannot be cut, and
+    :class:`TokenBudgetExceeded` as soon as the tokens counted exceed ``max_tokens`` (documents are
+    tokenized ``PLAN_CHUNK`` at a time, so the work for a request over budget is about the budget's).
     """
     (q_prefix,), (q_ids,) = token_prefixes([query], tokenizer, max_query_length + 1, max_run=max_run)
-    try:
-        prefixes, ids = token_prefixes(texts, tokenizer, max_doc_length + 1, max_run=max_run)
-    except ValueError as exc:
-        if hasattr(exc, "index"):
-            exc.index += 1  # type: ignore[attr-defined]
-        raise
+    total = min(len(q_ids), max_query_length)
+    prefixes: list[str] = []
+    ids: list[list[int]] = []
+    for start in range(0, len(texts), PLAN_CHUNK):
+        try:
+            chunk_prefixes, chunk_ids = token_prefixes(texts[start: start + PLAN_CHUNK], tokenizer,
+                                                       max_doc_length + 1, max_run=max_run)
+        except ValueError as exc:
+            if hasattr(exc, "index"):
+                exc.index += 1 + start  # type: ignore[attr-defined]
+            raise
+        prefixes.extend(chunk_prefixes)
+        ids.extend(chunk_ids)
+        total += sum(min(len(x), max_doc_length) for x in chunk_ids)
+        if max_tokens is not None and total > max_tokens:
+            raise TokenBudgetExceeded(total, max_tokens)
     docs = [len(x) for x in ids]
     usage = JobUsage(
         query_tokens=min(len(q_ids), max_query_length),
