@@ -325,7 +325,7 @@ def test_row4_an_empty_key_refuses_to_start(tmp_path: Path) -> None:
 def test_row4_key_resolution_and_loopback() -> None:
     import argparse
 
-    from lbnl.serve.app import is_loopback
+    from lbnl.serve.run import is_loopback
     from lbnl.cli.serve import resolve_api_key
 
     def ns(**kw: Any) -> argparse.Namespace:
@@ -376,16 +376,18 @@ def test_row4_warning_beyond_loopback_without_a_key(tiny_reranker: Reranker, mon
 
     import uvicorn
 
-    from lbnl.serve import app as app_module
+    from lbnl.serve import run as run_module
+    from lbnl.serve.app import create_app
+    from lbnl.serve.settings import ServeSettings
 
-    monkeypatch.setattr(app_module, "_listen", lambda host, port: socket.create_server(("127.0.0.1", 0)))
+    monkeypatch.setattr(run_module, "_listen", lambda host, port: socket.create_server(("127.0.0.1", 0)))
     monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: None)
-    monkeypatch.setattr(app_module, "_configure_logging", lambda level: None)
+    monkeypatch.setattr(run_module, "_configure_logging", lambda level: None)
     with caplog.at_level(logging.WARNING, logger="lbnl.serve"):
-        app_module.serve(tiny_reranker, app_module.ServeSettings(), host="0.0.0.0", port=0)
-        app_module.serve(tiny_reranker, app_module.ServeSettings(api_key="k"), host="0.0.0.0", port=0)
-        app_module.serve(tiny_reranker, app_module.ServeSettings(), host="127.0.0.1", port=0)
+        run_module.serve(tiny_reranker, ServeSettings(), host="0.0.0.0", port=0)
+        run_module.serve(tiny_reranker, ServeSettings(api_key="k"), host="0.0.0.0", port=0)
+        run_module.serve(tiny_reranker, ServeSettings(), host="127.0.0.1", port=0)
     warnings = [r.getMessage() for r in caplog.records if "without an API key" in r.getMessage()]
     assert len(warnings) == 1 and "0.0.0.0" in warnings[0]
     with pytest.raises(Exception, match="empty"):
-        app_module.create_app(tiny_reranker, app_module.ServeSettings(api_key=""))
+        create_app(tiny_reranker, ServeSettings(api_key=""))

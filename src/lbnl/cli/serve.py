@@ -57,7 +57,8 @@ def resolve_api_key(args: argparse.Namespace, environ: Any = os.environ) -> str 
 
 def _run_serve(args: argparse.Namespace) -> int:
     from ..hardware import tune_allocator
-    from ..serve.app import ServeSettings, serve
+    from ..serve.run import serve
+    from ..serve.settings import ServeSettings
 
     settings = ServeSettings(
         model_name=args.served_model_name,

@@ -134,7 +134,7 @@ def beir_data(config: DataConfig, seed: int, searcher_factory: SearcherFactory =
                   for q, row in zip(val_ids, val_hits)]
     return TrainData(docs, _cap(groups, config.max_groups, seed), validation,
                      random_negatives=config.negative_source == "random",
-                     description=f"BEIR {root.name}/{config.split}: {len(train_ids)} training queries")
+                     description=f"BEIR {dataset.root.name}/{config.split}: {len(train_ids)} training queries")
 
 
 def self_supervised_data(config: DataConfig, seed: int,
