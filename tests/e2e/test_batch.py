@@ -177,6 +177,11 @@ def test_killed_run_resumes_without_redoing_chunks(tmp_path: Path, tiny_checkpoi
     assert run_cli(*args, "-o", str(reference)) == 0
     assert pq.read_table(out).to_pylist() == pq.read_table(reference).to_pylist()
 
+    stale = out.with_name(f".{out.name}.0123abcd.tmp")  # what a kill -9 during assembly leaves
+    stale.write_bytes(b"half an output")
+    assert run_cli(*args, "-o", str(out), "--keep-parts") == 0
+    assert not stale.exists() and pq.read_table(out).to_pylist() == pq.read_table(reference).to_pylist()
+
 
 def test_resume_refuses_other_settings_and_existing_output(tmp_path: Path, tiny_checkpoint: Path, rows: list[dict],
                                                            capsys: pytest.CaptureFixture) -> None:

@@ -121,6 +121,32 @@ def test_interrupted_then_resumed_equals_uninterrupted(tiny_checkpoint: Path, pl
         train(load_config(None, overrides(tiny_checkpoint, planted, tmp_path / "split", *extra, "run.resume=false")))
 
 
+def test_resume_past_a_torn_log_line_and_a_corrupt_latest_checkpoint(tiny_checkpoint: Path, planted: Path,
+                                                                     tmp_path: Path) -> None:
+    """A crash can leave half a log line and a damaged newest checkpoint: the run resumes from the one
+    before it and ends where an uninterrupted run ends."""
+    extra = ("optim.max_steps=4", "optim.lists_per_batch=2", "optim.lr=1e-3", "optim.warmup_steps=1",
+             "data.validation_queries=0", "run.save_every=1", "run.keep_checkpoints=2", "run.save_full=false")
+    whole = train(load_config(None, overrides(tiny_checkpoint, planted, tmp_path / "whole", *extra)))
+
+    def stop_at_3(step: int, record: dict) -> None:
+        if step == 3:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "crash"
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(load_config(None, overrides(tiny_checkpoint, planted, out, *extra))).run(callbacks=[stop_at_3])
+    assert [p.name for p in sorted((out / "checkpoints").glob("step-*"))] == ["step-00000002", "step-00000003"]
+    with open(out / "train_log.jsonl", "a") as f:
+        f.write('{"type": "train", "step": 8')  # a torn last line
+    state = out / "checkpoints" / "step-00000003" / "state.pt"
+    state.write_bytes(state.read_bytes()[:100])  # a truncated newest checkpoint
+    resumed = train(load_config(None, overrides(tiny_checkpoint, planted, out, *extra)))
+    strip = lambda h: [(r["type"], r["step"], r.get("loss")) for r in h]
+    assert strip(resumed.history) == strip(whole.history)
+    assert all(json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines())
+
+
 def test_pointwise_full_finetune_in_batch_negatives_bf16_and_checkpointing(tiny_checkpoint: Path, planted: Path,
                                                                           tmp_path: Path) -> None:
     config = load_config(None, overrides(

@@ -11,6 +11,7 @@ and the directory is removed.
 from __future__ import annotations
 
 import fcntl
+import glob
 import json
 import os
 import re
@@ -124,6 +125,8 @@ class PartStore:
             output.unlink(missing_ok=True)
         self._check_manifest(manifest)
         _remove_temporaries(self.dir)
+        for stale in output.parent.glob(f".{glob.escape(output.name)}.*.tmp"):
+            stale.unlink(missing_ok=True)  # an assembly killed midway; this run holds the lock now
 
     def _check_manifest(self, manifest: dict[str, Any]) -> None:
         path = self.dir / MANIFEST
@@ -153,15 +156,19 @@ class PartStore:
             raise RuntimeError(f"cannot assemble {self.output}: {len(missing)} chunks unfinished (first: {missing[0]})")
         tmp = self.output.with_name(f".{self.output.name}.{uuid.uuid4().hex}.tmp")
         written = 0
-        with pq.ParquetWriter(tmp, OUTPUT_SCHEMA) as writer:
-            pending: list[pa.Table] = []
-            for k in range(num_chunks):
-                pending.append(pq.read_table(part_path(self.dir, k)).cast(OUTPUT_SCHEMA))
-                if sum(t.num_rows for t in pending) >= _OUTPUT_ROW_GROUP_ROWS or k == num_chunks - 1:
-                    table = pa.concat_tables(pending)
-                    writer.write_table(table, row_group_size=max(table.num_rows, 1))
-                    written += table.num_rows
-                    pending = []
+        try:
+            with pq.ParquetWriter(tmp, OUTPUT_SCHEMA) as writer:
+                pending: list[pa.Table] = []
+                for k in range(num_chunks):
+                    pending.append(pq.read_table(part_path(self.dir, k)).cast(OUTPUT_SCHEMA))
+                    if sum(t.num_rows for t in pending) >= _OUTPUT_ROW_GROUP_ROWS or k == num_chunks - 1:
+                        table = pa.concat_tables(pending)
+                        writer.write_table(table, row_group_size=max(table.num_rows, 1))
+                        written += table.num_rows
+                        pending = []
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         if written != rows:
             tmp.unlink(missing_ok=True)
             raise RuntimeError(f"the parts of {self.output} hold {written} rows, the input {rows}")

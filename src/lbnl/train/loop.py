@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import pickle
 import random
 import shutil
 import sys
@@ -285,8 +287,10 @@ class Trainer:
             "tokens_seen": self.tokens_seen,
         }
         torch.save(state, tmp / "state.pt")
+        _fsync_dir_files(tmp)
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
+        _fsync(root)
         for old in self.checkpoints()[: -self.config.run.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
         self._last_saved = self.step
@@ -312,6 +316,18 @@ class Trainer:
         self.docs_seen = int(state["docs_seen"])
         self.tokens_seen = int(state["tokens_seen"])
         self._last_saved = self.step
+
+    def _restore(self, found: list[Path]) -> Path:
+        """Load the newest checkpoint that loads; a damaged one (a crash while the disk was full, a torn
+        copy) is skipped with a warning and the one before it is used."""
+        for path in reversed(found):
+            try:
+                self.load_checkpoint(path)
+                return path
+            except (OSError, RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as exc:
+                logger.warning("checkpoint %s cannot be loaded (%s: %s); trying the one before it",
+                               path, type(exc).__name__, exc)
+        raise InvalidInputError(f"no checkpoint in {self.out / CHECKPOINTS} can be loaded; remove them to start over")
 
     def _resume_point(self) -> Path | None:
         resume = self.config.run.resume
@@ -343,9 +359,7 @@ class Trainer:
 
     def _read_log(self) -> list[dict[str, Any]]:
         path = self.out / LOG_FILE
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return read_log(path) if path.exists() else []
 
     def _truncate_log(self) -> None:
         """Drop log records past the resumed step (written after the checkpoint, before the stop)."""
@@ -355,6 +369,8 @@ class Trainer:
     def _log(self, record: dict[str, Any]) -> None:
         with open(self.out / LOG_FILE, "a") as f:
             f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
     def _adapter_base(self) -> str:
         if self.config.run.adapter_base:
@@ -420,7 +436,7 @@ class Trainer:
         if self.data.validation:
             (self.out / VALIDATION_FILE).write_text("".join(f"{v.query_id}\n" for v in self.data.validation))
         if point is not None:
-            self.load_checkpoint(point)
+            point = self._restore([point] if isinstance(self.config.run.resume, str) else self.checkpoints())
             logger.info("resumed from %s at step %d", point, self.step)
         self._truncate_log()
         history = self._read_log()
@@ -471,6 +487,42 @@ def train(config: TrainConfig, *, callbacks: Sequence[StepCallback] = (),
     return Trainer(config, searcher_factory=searcher_factory).run(callbacks)
 
 
+def read_log(path: Path) -> list[dict[str, Any]]:
+    """The records of a training log; a line a crash left half-written (only ever the last) is skipped."""
+    records = []
+    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            logger.warning("%s, line %d: a torn record (an interrupted write) is skipped", path, n)
+            continue
+        if isinstance(record, dict) and "step" in record:
+            records.append(record)
+    return records
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or directory's metadata to disk (best effort where the OS does not allow it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir_files(directory: Path) -> None:
+    for f in directory.iterdir():
+        _fsync(f)
+    _fsync(directory)
+
+
 def plot_log(log_path: Path, png_path: Path) -> Path | None:
     """Loss components per step and validation nDCG@10 (right axis) as a PNG."""
     if not log_path.exists():
@@ -480,7 +532,7 @@ def plot_log(log_path: Path, png_path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    records = read_log(log_path)
     trains = [r for r in records if r["type"] == "train"]
     vals = [r for r in records if r["type"] == "validation"]
     if not trains and not vals:
