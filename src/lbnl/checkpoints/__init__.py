@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from ..defaults import DEFAULT_MODEL_NAME
+from ..errors import CheckpointError, InvalidInputError
 from ..model import LBNLModel
 from .adapter import load_adapter
 from .builtin import default_model_path, shipped_adapter
@@ -43,7 +45,15 @@ def load_checkpoint(
 ) -> tuple[LBNLModel, Any]:
     """Load a local checkpoint directory (official layout, or an lbnl adapter applied to its base)."""
     info = path if isinstance(path, CheckpointInfo) else read_info(path)
-    if info.kind == "adapter":
-        return load_adapter(info, dtype=dtype, device=device)
-    tokenizer = load_tokenizer(info.path)
-    return load_official(info.path, tokenizer, dtype=dtype, device=device), tokenizer
+    try:
+        if info.kind == "adapter":
+            return load_adapter(info, dtype=dtype, device=device)
+        tokenizer = load_tokenizer(info.path)
+        return load_official(info.path, tokenizer, dtype=dtype, device=device), tokenizer
+    except (CheckpointError, InvalidInputError):
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError, IndexError, TypeError, RecursionError, SafetensorError) as exc:
+        # A damaged or inconsistent checkpoint (truncated weights, a bad index, tensors of the wrong
+        # shape, an unknown model type): one message naming the directory, never a traceback.
+        raise CheckpointError(f"cannot load the checkpoint at {info.path}: {type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}") from exc
