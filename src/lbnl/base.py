@@ -174,10 +174,13 @@ class BaseReranker(ABC):
                     **options: Any) -> list[list[RerankResult]]:
         """:meth:`rerank` for several queries at once; ``progress=True`` shows a bar over the batches."""
         check_positive("top_n", top_n, allow_none=True)
+        if not isinstance(documents_per_query, (str, bytes, Mapping)) and isinstance(documents_per_query, Iterable):
+            # Read every list once: results carry the caller's documents back, generators included.
+            documents_per_query = [d if isinstance(d, (Sequence, Mapping)) or not isinstance(d, Iterable) else list(d)
+                                   for d in documents_per_query]
         scored = self.score_lists(queries, documents_per_query, return_embeddings=return_embeddings, **options)
         out = []
         for docs, lst in zip(documents_per_query, scored):
-            docs = list(docs)
             order = sorted(range(len(lst.scores)), key=lambda i: -lst.scores[i])[:top_n]
             out.append([RerankResult(i, lst.scores[i], docs[i],
                                      lst.embeddings[i].copy() if lst.embeddings is not None else None)

@@ -96,3 +96,9 @@ def test_module_entry_point_and_version() -> None:
 
 def test_named_models_are_never_paths(tiny_checkpoint: Path, tiny_reranker: Reranker) -> None:
     assert tiny_reranker.name == tiny_checkpoint.name and tiny_reranker.source == tiny_checkpoint
+
+
+def test_documents_may_be_a_generator(tiny_reranker: Reranker) -> None:
+    ranked = tiny_reranker.rerank(QUERY, (d for d in DOCS))
+    assert sorted(r.document for r in ranked) == sorted(DOCS)
+    assert [r.relevance_score for r in ranked] == pytest.approx(sorted(tiny_reranker.score(QUERY, DOCS), reverse=True))
