@@ -86,3 +86,41 @@ def candidate_bm25(query: str, texts: Sequence[str]) -> list[float]:
 def fuse_with_candidate_bm25(query: str, texts: Sequence[str], scores: Sequence[float], weight: float) -> list[float]:
     """``weight * minmax(scores) + (1 - weight) * minmax(candidate_bm25(query, texts))``."""
     return fuse("linear", candidate_bm25(query, texts), scores, weight=weight)
+
+
+def query_term_coverage(query: str, texts: Sequence[str]) -> list[float]:
+    """Fraction of the query's distinct terms that occur in each text, in [0, 1].
+
+    Terms as in lbnl's BM25: English stopwords removed, Snowball-stemmed. Unlike BM25 over a
+    request's candidates, a text's value depends on the query and that text only, never on the other
+    documents of the request, so it means the same in every request (a lone document included). A
+    query without any term gives 0 for every text.
+    """
+    import bm25s
+
+    if not texts:
+        return []
+    stemmer = _stemmer()
+    tokens = bm25s.tokenize([query, *texts], stopwords="en", stemmer=stemmer, return_ids=False,
+                            show_progress=False)
+    terms = set(tokens[0])
+    if not terms:
+        return [0.0] * len(texts)
+    return [len(terms & set(doc)) / len(terms) for doc in tokens[1:]]
+
+
+def fuse_fixed(query: str, texts: Sequence[str], scores: Sequence[float], weight: float) -> list[float]:
+    """``weight * score + (1 - weight) * query_term_coverage(query, text)``, per document.
+
+    A fixed transform: no per-request rescaling, so a score means the same whatever the other
+    documents of the request are (a lone document's score is not pinned to 0). ``scores`` are the
+    model's cosines in [-1, 1]; ``weight`` = 1 gives them unchanged.
+    """
+    if not 0 <= weight <= 1:
+        raise InvalidInputError(f"the fusion weight must be in [0, 1], got {weight}")
+    if len(texts) != len(scores):
+        raise ValueError("fusion needs one score per text")
+    if weight == 1:
+        return [float(s) for s in scores]
+    cover = query_term_coverage(query, texts)
+    return [weight * float(s) + (1 - weight) * c for s, c in zip(scores, cover)]
