@@ -35,3 +35,9 @@ def test_fused_reranker_with_coverage(tiny_reranker) -> None:
     assert fused.compute_score([QUERY, DOCS[1]], normalize=True) == pytest.approx(0.5)
     with pytest.raises(Exception, match="unknown fusion transform"):
         Fusion(0.5, "fixed")
+
+
+def test_coverage_counts_distinct_stemmed_query_terms() -> None:
+    cover = query_term_coverage("health benefits of green tea",
+                                ["Green tea is healthy and has benefits.", "Basketball.", "Tea"])
+    assert cover == pytest.approx([3 / 4, 0.0, 1 / 4])  # green, tea, benefit (health != healthi)

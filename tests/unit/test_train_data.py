@@ -274,3 +274,26 @@ def test_missing_dataset_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="qrels|corpus.jsonl"):
         build_train_data(DataConfig(path=str(tmp_path / "empty")), seed=0)
 
+
+
+def test_list_size_augmentation_draws_every_size(beir_dir: Path, lbnl_tokenizer) -> None:
+    data = build_train_data(data_config(beir_dir), seed=0)
+    enc = ListEncoder(lbnl_tokenizer, max_doc_tokens=16, dual=False, similar=False)
+    sampler = ListSampler(data, enc, negatives=3, seed=0, negatives_min=0, size_block=2)
+    sizes = [sampler.encode(g).n_docs for g in range(60)]
+    assert set(sizes) == {1, 2, 3, 4}
+    assert all(sizes[i] == sizes[i + 1] for i in range(0, 60, 2))      # one size per micro-batch
+    again = ListSampler(data, enc, negatives=3, seed=0, negatives_min=0, size_block=2)
+    assert [again.encode(g).n_docs for g in range(60)] == sizes
+    fixed = ListSampler(data, enc, negatives=3, seed=0)
+    assert {fixed.encode(g).n_docs for g in range(10)} == {4}
+    batch = collate(sampler.lists(0, 6), pad_id=0)  # noqa: F841
+    assert batch.mask.sum(dim=1).tolist() == sizes[:6]
+
+
+def test_negatives_min_is_validated() -> None:
+    from lbnl.train.config import load_config
+
+    with pytest.raises(InvalidInputError):
+        load_config(None, ["model.base=x", "data.path=x", "run.output_dir=x", "data.negatives=3",
+                           "data.negatives_min=4"])

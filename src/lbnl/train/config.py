@@ -77,6 +77,11 @@ class DataConfig:
     split: str = _f("train", "BEIR qrels split to train on; the test split is refused.")
     negatives: int = _f(15, "Negatives per list (the positive makes it negatives + 1 documents); a list whose "
                             "own negatives are fewer is filled up with random documents of the corpus.")
+    negatives_min: int | None = _f(None, "List-size augmentation: when set, the lists of a micro-batch hold n documents, "
+                                         "n drawn log-uniformly from negatives_min + 1 .. negatives + 1 (seeded per "
+                                         "micro-batch; small lists are frequent and cheap, every size occurs; 0: "
+                                         "lone documents, scored against in-batch negatives only). null: always "
+                                         "negatives + 1.")
     negative_source: str = _f("bm25", "How negatives are mined for beir and self_supervised: bm25 (hard, from the "
                                       "BM25 first stage, never a judged positive) or random.", NEGATIVE_SOURCES)
     negative_pool: int = _f(50, "Negatives of a list are drawn from the top negative_pool BM25 hits (use the "
@@ -190,6 +195,8 @@ class TrainConfig:
             raise InvalidInputError("loss weights must be >= 0")
         if self.loss.rank == self.loss.disperse == self.loss.dual == self.loss.similar == 0:
             raise InvalidInputError("every loss weight is 0")
+        if self.data.negatives_min is not None and not 0 <= self.data.negatives_min <= self.data.negatives:
+            raise InvalidInputError("data.negatives_min must be between 0 and data.negatives")
         if self.data.start_list < 0:
             raise InvalidInputError("data.start_list must be >= 0")
         if self.data.validation_queries < 0 or self.run.save_every < 0 or self.run.eval_every < 0:

@@ -367,12 +367,15 @@ class ListSampler:
     from a generator seeded with ``(seed, g)``.
     """
 
-    def __init__(self, data: TrainData, encoder: ListEncoder, *, negatives: int, seed: int):
+    def __init__(self, data: TrainData, encoder: ListEncoder, *, negatives: int, seed: int,
+                 negatives_min: int | None = None, size_block: int = 1):
         if not data.groups:
             raise InvalidInputError("no training lists: the data source produced no groups")
         self.data = data
         self.encoder = encoder
         self.negatives = negatives
+        self.negatives_min = negatives_min
+        self.size_block = max(1, size_block)
         self.seed = seed
         self._orders: dict[int, np.ndarray] = {}
         self._all_ids = list(data.docs)
@@ -383,14 +386,26 @@ class ListSampler:
             self._orders = {epoch: np.random.default_rng([self.seed, 1, epoch]).permutation(len(self.data.groups))}
         return self.data.groups[int(self._orders[epoch][pos])]
 
-    def negatives_for(self, group: Group, rng: np.random.Generator) -> list[str]:
-        """``negatives`` ids: drawn from the group's pool, topped up with random documents when the pool
-        is short (BM25 finds few documents sharing a term with some queries) or when negatives are random."""
+    def list_negatives(self, g: int) -> int:
+        """Negatives of list ``g``: ``negatives``, or with ``negatives_min`` a list size drawn
+        log-uniformly from ``negatives_min + 1 .. negatives + 1`` documents, shared by the
+        ``size_block`` consecutive lists of a micro-batch (so they pad to the same width)."""
+        if self.negatives_min is None:
+            return self.negatives
+        low, high = self.negatives_min + 1, self.negatives + 1
+        u = np.random.default_rng([self.seed, 6, g // self.size_block]).uniform(np.log(low), np.log(high + 1))
+        return min(high, int(np.exp(u))) - 1
+
+    def negatives_for(self, group: Group, rng: np.random.Generator, count: int | None = None) -> list[str]:
+        """``count`` (default ``negatives``) ids: drawn from the group's pool, topped up with random
+        documents when the pool is short (BM25 finds few documents sharing a term with some queries) or
+        when negatives are random."""
+        count = self.negatives if count is None else count
         pool = [] if self.data.random_negatives else list(group.negatives)
-        if len(pool) > self.negatives:
-            return [pool[i] for i in sorted(rng.choice(len(pool), size=self.negatives, replace=False))]
+        if len(pool) > count:
+            return [pool[i] for i in sorted(rng.choice(len(pool), size=count, replace=False))]
         banned = set(group.positives) | {group.positive} | set(pool)
-        need = min(self.negatives - len(pool), len(self._all_ids) - len(banned))
+        need = min(count - len(pool), len(self._all_ids) - len(banned))
         while need > 0:
             picks = rng.choice(len(self._all_ids), size=min(len(self._all_ids), need + len(banned)), replace=False)
             for i in picks:
@@ -403,7 +418,7 @@ class ListSampler:
     def encode(self, g: int) -> EncodedList:
         group = self.group(g)
         rng = np.random.default_rng([self.seed, 0, g])
-        ids = [group.positive, *self.negatives_for(group, rng)]
+        ids = [group.positive, *self.negatives_for(group, rng, self.list_negatives(g))]
         return self.encoder.encode(group.query, [(i, self.data.docs[i]) for i in ids], rng)
 
     def lists(self, start: int, count: int) -> list[EncodedList]:

@@ -143,7 +143,9 @@ class Trainer:
             max_query_tokens=config.data.max_query_tokens, instruction=config.data.instruction,
             dual=loss.dual > 0, similar=loss.similar > 0, span_drop=(loss.span_drop_min, loss.span_drop_max),
         )
-        self.sampler = ListSampler(self.data, self.encoder, negatives=config.data.negatives, seed=self.seed)
+        self.sampler = ListSampler(self.data, self.encoder, negatives=config.data.negatives, seed=self.seed,
+                                   negatives_min=config.data.negatives_min,
+                                   size_block=config.optim.lists_per_batch)
         self.lists_per_step = opt.lists_per_batch * opt.grad_accum
         self.total_steps = opt.max_steps or max(1, math.ceil(opt.epochs * len(self.data.groups) / self.lists_per_step))
         groups = self.model.parameter_groups()
