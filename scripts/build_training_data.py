@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
-import html
 import json
 import re
 import subprocess

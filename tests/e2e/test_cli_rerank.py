@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from lbnl.cli.common import read_documents
-from lbnl.errors import InvalidInputError
 
 
 def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:

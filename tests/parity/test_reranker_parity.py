@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
-from lbnl import CheckpointError, InvalidInputError, Reranker
-from lbnl.engine import pack
-from lbnl.testing.checkpoints import build_random_checkpoint
+from lbnl import Reranker
 from helpers import WORDS, make_docs, scores_in_input_order
-from reference import OfficialStyleReranker
 
 
 def test_scores_match_official_style_single_block(tiny_reranker: Reranker, reference, fixtures_dir: Path) -> None:

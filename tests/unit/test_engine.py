@@ -4,7 +4,6 @@ official-style reference, plus presets and int8 quantization. Correctness only; 
 from __future__ import annotations
 
 import copy
-import random
 import shutil
 from pathlib import Path
 
@@ -13,12 +12,10 @@ import pytest
 import torch
 
 from lbnl import CheckpointError, InvalidInputError, Reranker
-from lbnl.engine import fast_path_supported
 from lbnl.hardware import cpu_has_fast_bf16, quantize_int8
 from lbnl.checkpoints import load_checkpoint
-from lbnl.testing.checkpoints import build_random_checkpoint
 from lbnl.prompt import build_prompt
-from helpers import SMALL, in_input_order, make_docs
+from helpers import in_input_order, make_docs
 
 
 def test_encode_equals_plain_forward(family_checkpoint: Path) -> None:

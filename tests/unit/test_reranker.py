@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import random
 import shutil
 from pathlib import Path
 
@@ -17,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from lbnl import CheckpointError, InvalidInputError, Reranker
 from lbnl.engine import pack
 from lbnl.testing.checkpoints import build_random_checkpoint
-from helpers import make_docs, scores_in_input_order
+from helpers import make_docs
 
 
 def test_embeddings_and_projector_against_hidden_states(tiny_reranker: Reranker, tiny_checkpoint: Path) -> None:

@@ -297,3 +297,12 @@ def test_negatives_min_is_validated() -> None:
     with pytest.raises(InvalidInputError):
         load_config(None, ["model.base=x", "data.path=x", "run.output_dir=x", "data.negatives=3",
                            "data.negatives_min=4"])
+
+
+def test_a_split_without_positives_in_the_corpus_is_a_clear_error(tmp_path: Path, fixtures_dir: Path) -> None:
+    import shutil
+
+    data = Path(shutil.copytree(fixtures_dir / "beir-mini", tmp_path / "mini"))
+    (data / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq1\tno-such-doc\t1\n")
+    with pytest.raises(InvalidInputError, match="mini: no query of split 'train' has a positive in the corpus"):
+        build_train_data(DataConfig(path=str(data)), seed=0)

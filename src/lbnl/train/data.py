@@ -115,7 +115,7 @@ def beir_data(config: DataConfig, seed: int, searcher_factory: SearcherFactory =
     judged = sorted(q for q, rel in qrels.items()
                     if q in queries and any(s > 0 and d in docs for d, s in rel.items()))
     if not judged:
-        raise InvalidInputError(f"{root}: no query of split {config.split!r} has a positive in the corpus")
+        raise InvalidInputError(f"{dataset.root}: no query of split {config.split!r} has a positive in the corpus")
     train_ids, val_ids = _split_heldout(judged, config.validation_queries, seed)
     doc_ids = list(docs)
     searcher = searcher_factory(doc_ids, [docs[i] for i in doc_ids])
