@@ -317,3 +317,32 @@ def test_a_second_stage_continues_the_list_stream(tiny_checkpoint: Path, planted
     assert second.calls == [(8, 2), (10, 2), (12, 2), (14, 2)]
     with pytest.raises(InvalidInputError, match="start_list"):
         load_config(None, overrides(tiny_checkpoint, planted, tmp_path / "c", "data.start_list=-1"))
+
+
+def test_calibration_with_lone_splits_separates_lone_documents(tiny_checkpoint: Path, planted: Path,
+                                                               tmp_path: Path) -> None:
+    """loss.calibrate + data.lone_split alone teach a relevant document scored alone to beat lone negatives."""
+    out = tmp_path / "cal"
+    config = load_config(None, overrides(tiny_checkpoint, planted, out, "optim.lr=1e-3", "optim.max_steps=24",
+                                         "optim.lists_per_batch=4", "data.validation_queries=0",
+                                         "loss.rank=0", "loss.disperse=0", "loss.dual=0", "loss.similar=0",
+                                         "loss.calibrate=1", "data.lone_split=0.5", "run.save_every=0"))
+    trainer = Trainer(config)
+    splits = [trainer.sampler.is_lone_split(s) for s in range(0, 24 * 4, 4)]
+    assert 0 < sum(splits) < 24                                      # both kinds of micro-batch occur
+    result = trainer.run()
+    trains = [r for r in result.history if r["type"] == "train"]
+    assert all("calibrate" in r for r in trains) and "rank" in trains[0]
+    assert np.mean([r["calibrate"] for r in trains[-4:]]) < np.mean([r["calibrate"] for r in trains[:4]])
+    rows = [json.loads(line) for line in write_planted(tmp_path / "fresh.jsonl", 12, seed=7).read_text().splitlines()]
+
+    def lone_wins(reranker: Reranker) -> int:
+        wins = 0
+        for row in rows:
+            pos = reranker.score(row["query"], [row["positive"]])[0]
+            wins += all(pos > reranker.score(row["query"], [neg])[0] for neg in row["negatives"])
+        return wins
+
+    before = lone_wins(Reranker.from_pretrained(tiny_checkpoint, device="cpu"))
+    after = lone_wins(Reranker.from_pretrained(result.model_dir, device="cpu"))
+    assert after >= 10 and after > before

@@ -306,3 +306,38 @@ def test_a_split_without_positives_in_the_corpus_is_a_clear_error(tmp_path: Path
     (data / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq1\tno-such-doc\t1\n")
     with pytest.raises(InvalidInputError, match="mini: no query of split 'train' has a positive in the corpus"):
         build_train_data(DataConfig(path=str(data)), seed=0)
+
+
+def test_lone_split_micro_batches(beir_dir: Path, lbnl_tokenizer) -> None:
+    data = build_train_data(data_config(beir_dir), seed=0)
+    enc = ListEncoder(lbnl_tokenizer, max_doc_tokens=16, dual=False, similar=False)
+    sampler = ListSampler(data, enc, negatives=3, seed=0, size_block=4, lone_split=0.5)
+    splits = [sampler.is_lone_split(s) for s in range(0, 160, 4)]
+    assert 0 < sum(splits) < len(splits)                                  # some micro-batches, not all
+    start = 4 * splits.index(True)
+    lists = sampler.lists(start, 4)
+    assert [x.n_docs for x in lists] == [1, 1, 1, 1]
+    assert [x.positive for x in lists] == [True, False, False, False]
+    group = sampler.group(start)
+    texts = [lbnl_tokenizer.decode(x.prompts[0]) for x in lists]
+    assert all(group.query in text for text in texts)                    # one query throughout
+    assert data.docs[group.positive][:20] in texts[0]
+    assert all(data.docs[group.positive][:20] not in text for text in texts[1:])
+    batch = collate(lists, pad_id=0)
+    assert batch.positive.tolist() == [True, False, False, False]
+    assert [x.prompts for x in sampler.lists(start, 4)] == [x.prompts for x in lists]  # deterministic
+    normal = sampler.lists(4 * splits.index(False), 4)
+    assert all(x.positive and x.n_docs == 4 for x in normal)
+    assert not ListSampler(data, enc, negatives=3, seed=0, size_block=4).is_lone_split(start)
+
+
+def test_lone_split_is_validated() -> None:
+    from lbnl.train.config import load_config
+
+    base = ["model.base=x", "data.path=x", "run.output_dir=x"]
+    with pytest.raises(InvalidInputError, match="lone_split"):
+        load_config(None, [*base, "data.lone_split=1.5"])
+    with pytest.raises(InvalidInputError, match="lists_per_batch"):
+        load_config(None, [*base, "data.lone_split=0.3", "optim.lists_per_batch=1"])
+    config = load_config(None, [*base, "data.lone_split=0.3", "loss.calibrate=0.5"])
+    assert config.data.lone_split == 0.3 and config.loss.calibrate == 0.5

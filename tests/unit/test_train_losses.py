@@ -148,3 +148,47 @@ def test_combine_weights() -> None:
     assert L.combine(parts, {"rank": 0.0, "dual": 1.0}).total.item() == pytest.approx(3.0)
     with pytest.raises(ValueError):
         L.combine(parts, {"rank": 0.0})
+
+
+def test_rank_loss_skips_lists_without_a_positive() -> None:
+    tau = 1.0
+    q = t([E0, E0])
+    docs = t([[E0], [E1]])              # list 0: its positive alone; list 1: a lone negative
+    positive = torch.tensor([True, False])
+    # list 0 alone counts, with list 1's document as its in-batch negative: cosines 1 and 0
+    expected = -math.log(math.e / (math.e + 1))
+    value = L.rank_loss(q, docs, tau, in_batch_negatives=True, positive=positive)
+    assert value.item() == pytest.approx(expected, rel=1e-6)
+    assert L.rank_loss(q, docs, tau, positive=torch.tensor([False, False])).item() == 0.0
+    assert L.dual_matching_loss(q, docs, tau, positive=torch.tensor([False, True])).item() == pytest.approx(0.0)
+
+
+def test_calibration_loss_hand_value_compares_across_lists() -> None:
+    tau = 0.5
+    # list 0: query E0, positive E0 (cos 1), negative E1 (cos 0); list 1 (another query E1): a lone negative E1 (cos 1)
+    q = t([E0, E1])
+    docs = t([[E0, E1], [E1, E1]])
+    mask = torch.tensor([[True, True], [True, False]])
+    positive = torch.tensor([True, False])
+    expected = -math.log(math.exp(2) / (math.exp(2) + math.exp(0) + math.exp(2)))
+    value = L.calibration_loss(q, docs, tau, mask, positive)
+    assert value.item() == pytest.approx(expected, rel=1e-6)
+    # within-list ranking alone does not see list 1's high-scoring negative
+    assert L.rank_loss(q[:1], docs[:1], tau).item() < value.item()
+    # the loss falls as the lone negative's own score falls
+    lower = L.calibration_loss(q, t([[E0, E1], [NEG_E0, E1]]), tau, mask, positive)
+    assert lower.item() < value.item()
+    # no positive or no negative: zero, not NaN
+    assert L.calibration_loss(q, docs, tau, mask, torch.tensor([False, False])).item() == 0.0
+    assert L.calibration_loss(q[:1], docs[:1, :1], tau).item() == 0.0
+
+
+def test_calibration_loss_has_finite_gradients_and_combines() -> None:
+    torch.manual_seed(0)
+    docs = torch.randn(3, 2, 8, requires_grad=True)
+    query = torch.randn(3, 8, requires_grad=True)
+    value = L.calibration_loss(query, docs, 0.1, torch.tensor([[True, True], [True, False], [True, False]]),
+                               torch.tensor([True, True, False]))
+    value.backward()
+    assert torch.isfinite(docs.grad).all() and float(docs.grad[1, 1].abs().sum()) == 0.0
+    assert L.combine({"rank": t(1.0), "calibrate": t(2.0)}, {"rank": 1.0, "calibrate": 0.5}).total.item() == 2.0

@@ -82,6 +82,10 @@ class DataConfig:
                                          "micro-batch; small lists are frequent and cheap, every size occurs; 0: "
                                          "lone documents, scored against in-batch negatives only). null: always "
                                          "negatives + 1.")
+    lone_split: float = _f(0.0, "Share of micro-batches (seeded per micro-batch) that hold one query's positive and "
+                                "lists_per_batch - 1 of its negatives each alone in its own prompt; with "
+                                "loss.calibrate (or in-batch negatives) they teach a lone relevant document to "
+                                "score above a lone hard negative. 0: never.")
     negative_source: str = _f("bm25", "How negatives are mined for beir and self_supervised: bm25 (hard, from the "
                                       "BM25 first stage, never a judged positive) or random.", NEGATIVE_SOURCES)
     negative_pool: int = _f(50, "Negatives of a list are drawn from the top negative_pool BM25 hits (use the "
@@ -109,6 +113,10 @@ class LossConfig:
                            "line's query; training prompts only). 0 drops the extra token.")
     similar: float = _f(0.85, "Weight of L_similar (each document against its augmented copy, read in a second, "
                               "shuffled prompt). 0 skips the second prompt.")
+    calibrate: float = _f(0.0, "Weight of L_calibrate (lbnl's addition, not in the paper): every positive, scored "
+                               "in its own prompt, above every negative of the micro-batch scored in its own "
+                               "prompt, so that scores compare across requests (thresholds, lone documents). "
+                               "Pairs well with data.lone_split.")
     in_batch_negatives: bool = _f(False, "Documents of the other lists in a micro-batch become extra negatives of L_rank.")
     span_drop_min: float = _f(0.10, "Augmentation for L_similar: smallest fraction of a document's tokens dropped "
                                     "as one contiguous span.")
@@ -191,10 +199,15 @@ class TrainConfig:
             raise InvalidInputError("optim.max_steps must be positive")
         if not 0 <= self.loss.span_drop_min <= self.loss.span_drop_max < 1:
             raise InvalidInputError("need 0 <= loss.span_drop_min <= loss.span_drop_max < 1")
-        if min(self.loss.rank, self.loss.disperse, self.loss.dual, self.loss.similar) < 0:
+        weights = (self.loss.rank, self.loss.disperse, self.loss.dual, self.loss.similar, self.loss.calibrate)
+        if min(weights) < 0:
             raise InvalidInputError("loss weights must be >= 0")
-        if self.loss.rank == self.loss.disperse == self.loss.dual == self.loss.similar == 0:
+        if max(weights) == 0:
             raise InvalidInputError("every loss weight is 0")
+        if not 0 <= self.data.lone_split <= 1:
+            raise InvalidInputError("data.lone_split must be between 0 and 1")
+        if self.data.lone_split and self.optim.lists_per_batch < 2:
+            raise InvalidInputError("data.lone_split needs optim.lists_per_batch >= 2 (a positive and a negative)")
         if self.data.negatives_min is not None and not 0 <= self.data.negatives_min <= self.data.negatives:
             raise InvalidInputError("data.negatives_min must be between 0 and data.negatives")
         if self.data.start_list < 0:

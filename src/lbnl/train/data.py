@@ -234,7 +234,7 @@ class EncodedList:
     Slots are ``(prompt index, token position)``, indexed by the list's documents in canonical
     order (the positive first): ``doc`` in the main prompts, ``query`` and ``early`` the final and
     early rerank tokens the document's prompt holds, ``augmented`` the document's augmented copy in
-    the second pass.
+    the second pass. ``positive`` is False for a list holding only a negative (``data.lone_split``).
     """
 
     prompts: list[list[int]]
@@ -242,6 +242,7 @@ class EncodedList:
     query: list[tuple[int, int]]
     early: list[tuple[int, int]] | None = None
     augmented: list[tuple[int, int]] | None = None
+    positive: bool = True
 
     @property
     def n_docs(self) -> int:
@@ -368,7 +369,7 @@ class ListSampler:
     """
 
     def __init__(self, data: TrainData, encoder: ListEncoder, *, negatives: int, seed: int,
-                 negatives_min: int | None = None, size_block: int = 1):
+                 negatives_min: int | None = None, size_block: int = 1, lone_split: float = 0.0):
         if not data.groups:
             raise InvalidInputError("no training lists: the data source produced no groups")
         self.data = data
@@ -376,6 +377,7 @@ class ListSampler:
         self.negatives = negatives
         self.negatives_min = negatives_min
         self.size_block = max(1, size_block)
+        self.lone_split = lone_split
         self.seed = seed
         self._orders: dict[int, np.ndarray] = {}
         self._all_ids = list(data.docs)
@@ -421,8 +423,28 @@ class ListSampler:
         ids = [group.positive, *self.negatives_for(group, rng, self.list_negatives(g))]
         return self.encoder.encode(group.query, [(i, self.data.docs[i]) for i in ids], rng)
 
+    def is_lone_split(self, start: int) -> bool:
+        """Whether the micro-batch starting at list ``start`` is a lone split (seeded per micro-batch)."""
+        if not self.lone_split:
+            return False
+        return bool(np.random.default_rng([self.seed, 7, start // self.size_block]).uniform() < self.lone_split)
+
+    def lone_lists(self, start: int, count: int) -> list[EncodedList]:
+        """List ``start``'s query with its positive alone and ``count - 1`` of its negatives, each alone."""
+        group = self.group(start)
+        rng = np.random.default_rng([self.seed, 0, start])
+        ids = [group.positive, *self.negatives_for(group, rng, count - 1)]
+        out = []
+        for k, i in enumerate(ids):
+            item = self.encoder.encode(group.query, [(i, self.data.docs[i])], rng)
+            item.positive = k == 0
+            out.append(item)
+        return out
+
     def lists(self, start: int, count: int) -> list[EncodedList]:
-        """Lists ``start .. start + count - 1`` of the stream."""
+        """Lists ``start .. start + count - 1`` of the stream (one micro-batch when ``count`` is its size)."""
+        if count >= 2 and self.is_lone_split(start):
+            return self.lone_lists(start, count)
         return [self.encode(g) for g in range(start, start + count)]
 
 
@@ -430,7 +452,8 @@ class ListSampler:
 class Batch:
     """Right-padded prompts of several lists and the flat positions (``row * width + column``) to read.
 
-    ``doc``, ``query``, ``early``, ``augmented`` and ``mask`` are ``[lists, max documents]``.
+    ``doc``, ``query``, ``early``, ``augmented`` and ``mask`` are ``[lists, max documents]``;
+    ``positive`` ``[lists]`` marks the lists whose document 0 is a positive.
     """
 
     input_ids: Any
@@ -441,6 +464,7 @@ class Batch:
     augmented: Any = None
     docs: int = 0
     tokens: int = 0
+    positive: Any = None
 
 
 def collate(lists: Sequence[EncodedList], pad_id: int) -> Batch:
@@ -469,4 +493,5 @@ def collate(lists: Sequence[EncodedList], pad_id: int) -> Batch:
     for b, item in enumerate(lists):
         mask[b, : item.n_docs] = True
     return Batch(ids, tables["doc"], tables["query"], mask, tables["early"], tables["augmented"],
-                 docs=sum(item.n_docs for item in lists), tokens=sum(item.n_tokens for item in lists))
+                 docs=sum(item.n_docs for item in lists), tokens=sum(item.n_tokens for item in lists),
+                 positive=torch.tensor([item.positive for item in lists], dtype=torch.bool))

@@ -145,7 +145,7 @@ class Trainer:
         )
         self.sampler = ListSampler(self.data, self.encoder, negatives=config.data.negatives, seed=self.seed,
                                    negatives_min=config.data.negatives_min,
-                                   size_block=config.optim.lists_per_batch)
+                                   size_block=config.optim.lists_per_batch, lone_split=config.data.lone_split)
         self.lists_per_step = opt.lists_per_batch * opt.grad_accum
         self.total_steps = opt.max_steps or max(1, math.ceil(opt.epochs * len(self.data.groups) / self.lists_per_step))
         groups = self.model.parameter_groups()
@@ -160,7 +160,8 @@ class Trainer:
                                            foreach=False)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, self.total_steps, opt.warmup_steps, opt.schedule))
-        self.weights = {"rank": loss.rank, "disperse": loss.disperse, "dual": loss.dual, "similar": loss.similar}
+        self.weights = {"rank": loss.rank, "disperse": loss.disperse, "dual": loss.dual, "similar": loss.similar,
+                        "calibrate": loss.calibrate}
         self.step = 0
         self.train_seconds = 0.0
         self.docs_seen = 0
@@ -187,11 +188,14 @@ class Trainer:
         parts = {k: v.reshape(b, n, -1).float() for k, v in zip(names, projected.split(b * n))}
         mask = batch.mask.to(self.device)
         docs = parts["doc"]
-        values = {"rank": L.rank_loss(parts["query"], docs, cfg.temperature, mask, cfg.in_batch_negatives)}
+        positive = batch.positive.to(self.device) if batch.positive is not None else None
+        values = {"rank": L.rank_loss(parts["query"], docs, cfg.temperature, mask, cfg.in_batch_negatives, positive)}
         if self.weights["disperse"]:
             values["disperse"] = L.dispersive_loss(docs, cfg.temperature, mask)
         if "early" in parts:
-            values["dual"] = L.dual_matching_loss(parts["early"], docs, cfg.temperature, mask)
+            values["dual"] = L.dual_matching_loss(parts["early"], docs, cfg.temperature, mask, positive)
+        if self.weights["calibrate"]:
+            values["calibrate"] = L.calibration_loss(parts["query"], docs, cfg.temperature, mask, positive)
         if "augmented" in parts:
             values["similar"] = L.similarity_loss(docs, parts["augmented"], cfg.temperature, mask)
         return L.combine(values, self.weights)
@@ -454,7 +458,8 @@ class Trainer:
                 if self.step % run.log_every == 0 or self.step == self.total_steps:
                     self._log(record)
                     history.append(record)
-                post = {k: f"{record[k]:.3f}" for k in ("loss", "rank", "disperse", "dual", "similar") if k in record}
+                post = {k: f"{record[k]:.3f}" for k in ("loss", "rank", "disperse", "dual", "similar", "calibrate")
+                        if k in record}
                 post["docs/s"] = f"{record['docs_per_s']:.1f}"
                 bar.set_postfix(post, refresh=False)
                 bar.update(1)
@@ -542,7 +547,7 @@ def plot_log(log_path: Path, png_path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     steps = [r["step"] for r in trains]
     window = max(1, len(trains) // 50)
-    for key in ("loss", "rank", "disperse", "dual", "similar"):
+    for key in ("loss", "rank", "disperse", "dual", "similar", "calibrate"):
         ys = [r[key] for r in trains if key in r]
         if len(ys) == len(steps) and ys:
             smooth = [sum(ys[max(0, i - window + 1): i + 1]) / len(ys[max(0, i - window + 1): i + 1])

@@ -1,9 +1,10 @@
-"""The four LBNL training objectives (spec section 6), one function each.
+"""The four LBNL training objectives (spec section 6), one function each, and lbnl's calibration term.
 
 Every function takes projected embeddings laid out per training list: ``[B, n, D]`` for the
 ``n`` documents of each of ``B`` lists, with an optional boolean ``mask`` ``[B, n]`` marking the
-real documents when lists have different lengths. Document 0 of each list is its positive. Scores
-are cosines divided by the temperature ``tau``; losses are averaged over lists.
+real documents when lists have different lengths. Document 0 of each list is its positive, unless
+the optional ``positive`` ``[B]`` says a list holds none (a lone negative: it still serves as an
+in-batch negative). Scores are cosines divided by the temperature ``tau``; losses are averaged over lists.
 """
 
 from __future__ import annotations
@@ -31,17 +32,24 @@ def cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).transpose(-1, -2)
 
 
-def info_nce(logits: torch.Tensor, mask: torch.Tensor | None = None, target: int = 0) -> torch.Tensor:
+def info_nce(logits: torch.Tensor, mask: torch.Tensor | None = None, target: int = 0,
+             rows: torch.Tensor | None = None) -> torch.Tensor:
     """``-log softmax(logits)[target]`` per row, averaged over rows; masked-out entries take no part.
 
     Args:
         logits: ``[R, n]`` scores already divided by the temperature.
         mask: ``[R, n]`` booleans, True for entries that exist; the target entry must exist.
         target: column of the positive in every row.
+        rows: ``[rows]`` boolean, the rows that take part (default: all); none: a zero loss.
     """
     if mask is not None:
         logits = logits.masked_fill(~mask.bool(), float("-inf"))
-    return (torch.logsumexp(logits, dim=-1) - logits[:, target]).mean()
+    per_row = torch.logsumexp(logits, dim=-1) - logits[:, target]
+    if rows is not None:
+        if not bool(rows.any()):
+            return logits.new_zeros((), dtype=torch.float32)
+        per_row = per_row[rows.bool()]
+    return per_row.mean()
 
 
 def rank_loss(
@@ -50,6 +58,7 @@ def rank_loss(
     tau: float,
     mask: torch.Tensor | None = None,
     in_batch_negatives: bool = False,
+    positive: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """L_rank: InfoNCE of each list's query against its positive (document 0) and negatives.
 
@@ -61,6 +70,8 @@ def rank_loss(
         mask: ``[B, n]`` real documents.
         in_batch_negatives: also score every real document of the other lists as a negative, with
             the list's query (averaged over its documents when given per document).
+        positive: ``[B]`` lists whose document 0 is a positive (default: all); the others only lend
+            their documents as in-batch negatives.
     """
     mask = _full_mask(docs, mask)
     per_doc = query.unsqueeze(1).expand_as(docs) if query.dim() == 2 else query
@@ -73,7 +84,7 @@ def rank_loss(
         extra_mask = mask.reshape(1, b * n) & (own[None, :] != torch.arange(b, device=docs.device)[:, None])
         logits = torch.cat([logits, extra], dim=1)
         mask = torch.cat([mask, extra_mask], dim=1)
-    return info_nce(logits, mask)
+    return info_nce(logits, mask, rows=positive)
 
 
 def dispersive_loss(docs: torch.Tensor, tau: float, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -96,14 +107,42 @@ def dispersive_loss(docs: torch.Tensor, tau: float, mask: torch.Tensor | None = 
 
 
 def dual_matching_loss(
-    early_query: torch.Tensor, docs: torch.Tensor, tau: float, mask: torch.Tensor | None = None
+    early_query: torch.Tensor, docs: torch.Tensor, tau: float, mask: torch.Tensor | None = None,
+    positive: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """L_dual: InfoNCE of the early query embedding (read right after the request line's query,
     before any document) against the list's documents, the positive first.
 
-    ``early_query`` is ``[B, D]`` or ``[B, n, D]`` as in :func:`rank_loss`.
+    ``early_query`` is ``[B, D]`` or ``[B, n, D]`` and ``positive`` as in :func:`rank_loss`.
     """
-    return rank_loss(early_query, docs, tau, mask)
+    return rank_loss(early_query, docs, tau, mask, positive=positive)
+
+
+def calibration_loss(
+    query: torch.Tensor, docs: torch.Tensor, tau: float, mask: torch.Tensor | None = None,
+    positive: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """L_calibrate (lbnl's addition, not in the paper): every positive, scored with its own list's
+    query token, above every negative of the micro-batch scored with *its* own list's query token.
+
+    L_rank only orders documents within a prompt, so a score carries no meaning outside its request:
+    a relevant document alone and a hard negative alone may come out in either order. This term
+    compares scores across prompts (and across queries), which is what a score threshold, or merging
+    the results of several requests, relies on. ``-log(e^{s+} / (e^{s+} + sum_neg e^{s-}))`` per
+    positive; ``query`` is ``[B, D]`` or ``[B, n, D]`` as in :func:`rank_loss`.
+    """
+    mask = _full_mask(docs, mask)
+    b = docs.shape[0]
+    positive = torch.ones(b, dtype=torch.bool, device=docs.device) if positive is None else positive.bool()
+    per_doc = query.unsqueeze(1).expand_as(docs) if query.dim() == 2 else query
+    scores = _cosine_rows(per_doc, docs) / tau
+    is_pos = torch.zeros_like(mask)
+    is_pos[:, 0] = positive
+    pos, neg = scores[is_pos & mask], scores[mask & ~is_pos]
+    if pos.numel() == 0 or neg.numel() == 0:
+        return docs.new_zeros((), dtype=torch.float32)
+    logits = torch.cat([pos[:, None], neg[None, :].expand(pos.shape[0], -1)], dim=1)
+    return (torch.logsumexp(logits, dim=1) - pos).mean()
 
 
 def similarity_loss(
