@@ -190,16 +190,29 @@ def _splits_added(text: str, b: int, added: tuple[str, ...]) -> bool:
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+def find_lone_surrogate(text: str) -> int | None:
+    """Position of the first lone surrogate in ``text``, or None. JSON can carry one (``"\\ud800"``), but
+    it is not valid Unicode and no UTF-8 tokenizer can encode it, so every input path refuses it."""
+    m = _SURROGATE.search(text)
+    return m.start() if m else None
+
+
+def check_unicode(text: str, where: str) -> str:
+    """``text``, or an :class:`~lbnl.errors.InvalidInputError` naming ``where`` when it holds a lone surrogate."""
+    at = find_lone_surrogate(text)
+    if at is not None:
+        raise InvalidInputError(f"{where} holds a lone surrogate (U+{ord(text[at]):04X}) at character {at}, "
+                                "which is not valid Unicode")
+    return text
+
+
 def _tokenize(tokenizer: Any, texts: list[str], positions: list[int] | None = None) -> list[list[int]]:
     """Token ids without special tokens; a lone surrogate is an :class:`~lbnl.errors.InvalidInputError`."""
     try:
         return tokenizer(texts, add_special_tokens=False)["input_ids"]
     except TypeError:
         for i, text in enumerate(texts):
-            if m := _SURROGATE.search(text):
-                where = positions[i] if positions else i
-                raise InvalidInputError(f"text {where} holds a lone surrogate (U+{ord(m.group()):04X}) at "
-                                        f"character {m.start()}, which is not valid Unicode") from None
+            check_unicode(text, f"text {positions[i] if positions else i}")
         raise
 
 

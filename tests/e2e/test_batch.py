@@ -278,3 +278,16 @@ def test_import_is_light_and_local_engine_needs_no_ray(tmp_path: Path, tiny_chec
     assert run_cli("-i", str(src), "-o", str(tmp_path / "b.parquet"), "--model", str(tiny_checkpoint),
                    "--engine", "ray") == 2
     assert "--engine ray needs Ray Data: pip install 'lbnl[ray]'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"doc_ids": ["a", "b"], "documents": ["fine", "caf\ud800"]}, "line 3 (query_id 'q2'): document 1 holds a lone surrogate (U+D800)"),
+    ({"query": "t\udfff"}, "line 3 (query_id 'q2'): the query holds a lone surrogate (U+DFFF)"),
+], ids=["document", "query"])
+def test_a_lone_surrogate_is_refused_before_any_model_loads(change: dict, message: str, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    path = _bad_jsonl(tmp_path, change)
+    # a model path that does not exist: the input check must speak first
+    assert run_cli("-i", str(path), "-o", str(tmp_path / "out.parquet"), "--model", str(tmp_path / "no-model")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err

@@ -46,3 +46,38 @@ def test_only_newlines_end_documents_and_bytes_are_checked(tmp_path: Path) -> No
     bad.write_bytes(b"fine\ncaf\xe9\n")
     with pytest.raises(InvalidInputError, match="line 2: not UTF-8"):
         read_documents(str(bad))
+
+
+def test_lone_surrogates_in_json_lines_name_the_line(tmp_path: Path) -> None:
+    docs = tmp_path / "s.jsonl"
+    docs.write_text('{"text": "fine"}\n\n{"text": "a\\ud800b"}\n')
+    with pytest.raises(InvalidInputError, match=r"line 3 holds a lone surrogate \(U\+D800\) at character 1"):
+        read_documents(str(docs))
+
+
+def test_documents_are_read_line_by_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file is never read whole: only line iteration is used, so memory follows the documents kept."""
+    import builtins
+
+    big = tmp_path / "big.txt"
+    big.write_text("".join(f"document {i}\n" for i in range(5000)))
+    real_open = builtins.open
+
+    class LinesOnly:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def __iter__(self):
+            return iter(self.handle)
+
+        def read(self, *args):
+            raise AssertionError("read the whole file")
+
+        def close(self):
+            self.handle.close()
+
+    monkeypatch.setattr(builtins, "open", lambda *a, **k: LinesOnly(real_open(*a, **k)))
+    docs = read_documents(str(big))
+    assert len(docs) == 5000 and docs[-1] == "document 4999"
+    with pytest.raises(InvalidInputError, match="no documents file"):
+        read_documents(str(tmp_path / "missing.txt"))

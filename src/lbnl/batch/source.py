@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import InvalidInputError
+from ..truncation import check_unicode
 
 INPUT_COLUMNS = ("query_id", "query", "doc_ids", "documents")
 
@@ -110,6 +111,7 @@ def row_from_json(obj: Any, where: str) -> tuple[str, str, list[str], list[str]]
         raise InvalidInputError(f"{where}: the query must be a string, got {type(query).__name__}")
     if not query.strip():
         raise InvalidInputError(f"{where}: the query is empty")
+    check_unicode(query, f"{where}: the query")
     doc_ids, documents = obj["doc_ids"], obj["documents"]
     if not isinstance(doc_ids, list):
         raise InvalidInputError(f"{where}: doc_ids must be a list, got {type(doc_ids).__name__}")
@@ -121,6 +123,7 @@ def row_from_json(obj: Any, where: str) -> tuple[str, str, list[str], list[str]]
     for i, doc in enumerate(documents):
         if not isinstance(doc, str):
             raise InvalidInputError(f"{where}: document {i} is a {type(doc).__name__}; documents must be strings")
+        check_unicode(doc, f"{where}: document {i}")
     return query_id, query, [_id_text(d, f"doc_ids[{i}]", where) for i, d in enumerate(doc_ids)], documents
 
 

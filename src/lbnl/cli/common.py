@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import codecs
+import itertools
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Sequence
+from typing import IO, Any, Sequence
 
 from ..defaults import MAX_DOC_LENGTH, MAX_QUERY_LENGTH
 from ..errors import InvalidInputError
 from ..jsonl import parse_lines
+from ..truncation import check_unicode
 
 #: ``--format`` of a documents file.
 DOCUMENT_FORMATS = ("auto", "text", "jsonl")
@@ -47,13 +51,35 @@ def model_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
-def _decode(raw: bytes, source: str) -> str:
+def _decode(raw: bytes, source: str, line: int) -> str:
     try:
-        return raw.decode("utf-8-sig")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise InvalidInputError(f"{source}, line {line}: not UTF-8 text (byte {exc.start}); lbnl reads UTF-8 "
-                                "documents files") from None
+        raise InvalidInputError(f"{source}, line {line}: not UTF-8 text (byte {exc.start + 1} of the line); lbnl "
+                                "reads UTF-8 documents files") from None
+
+
+def _lines(source: str) -> Iterator[str]:
+    """Every line of ``source`` decoded, without its ``\\n`` or ``\\r\\n``; read one line at a time, so
+    memory follows the documents kept, not the file (binary iteration ends lines at ``\\n`` only)."""
+    if source == "-":
+        handle: IO[bytes] = sys.stdin.buffer
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise InvalidInputError(f"no documents file at {source}")
+        try:
+            handle = open(path, "rb")
+        except OSError as exc:
+            raise InvalidInputError(f"cannot read {source}: {exc.strerror or exc}") from None
+    try:
+        for number, raw in enumerate(handle, 1):
+            if number == 1:
+                raw = raw.removeprefix(codecs.BOM_UTF8)
+            yield _decode(raw, source, number).removesuffix("\n").removesuffix("\r")
+    finally:
+        if handle is not sys.stdin.buffer:
+            handle.close()
 
 
 def read_documents(source: str, fmt: str = "auto") -> list[str]:
@@ -68,29 +94,24 @@ def read_documents(source: str, fmt: str = "auto") -> list[str]:
 
     Lines end at ``\\n`` (a ``\\r`` before it is dropped) and nowhere else, so a document's own
     separators (form feeds, U+2028 ...) stay inside it; blank lines are skipped; a UTF-8 byte-order
-    mark is ignored.
+    mark is ignored; a JSON string holding a lone surrogate is refused with its line.
     """
     if fmt not in DOCUMENT_FORMATS:
         raise InvalidInputError(f"unknown documents format {fmt!r}; use one of {', '.join(DOCUMENT_FORMATS)}")
-    if source == "-":
-        raw = sys.stdin.buffer.read()
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise InvalidInputError(f"no documents file at {source}")
-        try:
-            raw = path.read_bytes()
-        except OSError as exc:
-            raise InvalidInputError(f"cannot read {source}: {exc.strerror or exc}") from None
-    lines = [line.removesuffix("\r") for line in _decode(raw, source).split("\n")]
-    lines = [line for line in lines if line.strip()]
+    lines = _lines(source)
+    hint = ""
     if fmt == "auto":
-        fmt = "jsonl" if lines and lines[0].lstrip().startswith(("{", '"')) else "text"
-        hint = " (read as JSON lines because the first line starts with { or \"; pass --format text for plain text)"
-    else:
-        hint = ""
+        head: list[str] = []
+        for line in lines:
+            head.append(line)
+            if line.strip():
+                break
+        fmt = "jsonl" if head and head[-1].lstrip().startswith(("{", '"')) else "text"
+        if fmt == "jsonl":
+            hint = " (read as JSON lines because the first line starts with { or \"; pass --format text for plain text)"
+        lines = itertools.chain(head, lines)
     if fmt == "text":
-        return lines
+        return [line for line in lines if line.strip()]
     docs = []
     try:
         for n, item in parse_lines(lines, source):
@@ -98,7 +119,7 @@ def read_documents(source: str, fmt: str = "auto") -> list[str]:
                 item = item["text"]
             if not isinstance(item, str):
                 raise InvalidInputError(f"{source}, line {n}: expected a JSON object with a string 'text' field")
-            docs.append(item)
+            docs.append(check_unicode(item, f"{source}, line {n}"))
     except InvalidInputError as exc:
         raise InvalidInputError(f"{exc}{hint}") from None
     return docs

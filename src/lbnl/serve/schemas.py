@@ -7,7 +7,6 @@ clients work unchanged.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -16,6 +15,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from ..prompt import sanitize
+from ..truncation import find_lone_surrogate
 
 
 class TextDocument(BaseModel):
@@ -26,16 +26,13 @@ class TextDocument(BaseModel):
     text: StrictStr
 
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
 def check_unicode(value: str) -> str:
     """Refuse a string holding a lone surrogate (JSON allows ``"\\ud800"``; no tokenizer can encode it)."""
-    m = _SURROGATE.search(value)
-    if m:
+    at = find_lone_surrogate(value)
+    if at is not None:
         raise PydanticCustomError(
             "lone_surrogate", "contains a lone surrogate (U+{code}) at character {at}, which is not valid Unicode",
-            {"code": f"{ord(m.group()):04X}", "at": m.start()})
+            {"code": f"{ord(value[at]):04X}", "at": at})
     return value
 
 
