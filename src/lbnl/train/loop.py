@@ -31,7 +31,8 @@ from ..errors import InvalidInputError
 from ..hardware import cpu_has_fast_bf16, release_memory, resolve_attention, resolve_device
 from . import losses as L
 from .config import TrainConfig, render_yaml, to_dict
-from .data import Batch, ListEncoder, ListSampler, SearcherFactory, TrainData, build_train_data, collate, default_searcher
+from .lists import Batch, ListEncoder, ListSampler, collate
+from .sources import SearcherFactory, TrainData, build_train_data, default_searcher
 from .modeling import TrainableLBNL, load_base
 
 logger = logging.getLogger(__name__)
