@@ -13,7 +13,6 @@ docs/serve.md lists the versions tested. The table there names these tests.
 from __future__ import annotations
 
 import asyncio
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -24,9 +23,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lbnl import Reranker
 from lbnl.testing.server import ServerProcess
-
-# No usage analytics leave the test run (Haystack reads this when it is first imported).
-os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")
 
 pytestmark = pytest.mark.clients
 
