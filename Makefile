@@ -6,7 +6,7 @@ STAMP := .make/installed
 # (a plain `torch` would pull a multi-GB CUDA build on a machine without one).
 TORCH ?= torch==2.13.0
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast test-clients bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PIP) install --quiet --disable-pip-version-check '$(TORCH)'
@@ -25,6 +25,10 @@ test: $(STAMP)
 # The unit tests only (tests/unit).
 test-fast: $(STAMP)
 	$(PYTHON) -m pytest tests/unit -m "not slow and not parity"
+
+# The real third-party rerank clients (the clients extra) against lbnl serve on loopback (docs/serve.md).
+test-clients: $(STAMP)
+	$(PYTHON) -m pytest tests -m clients
 
 clean:
 	rm -rf .make cache build src/*.egg-info

@@ -13,6 +13,9 @@ import torch
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 os.environ.setdefault("LBNL_QWEN3_TOKENIZER", str(FIXTURES / "qwen3"))
+# No usage analytics leave a test run: Haystack reads this once, when it is first imported (a Pipeline.run
+# in tests/e2e/test_clients.py would otherwise report to its analytics host).
+os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")
 
 from lbnl.testing.checkpoints import build_random_checkpoint, find_qwen3_tokenizer, load_lbnl_tokenizer  # noqa: E402
 

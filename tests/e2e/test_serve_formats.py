@@ -2,7 +2,8 @@
 
 Cohere v1 ``rank_fields`` (the Cohere SDK names itself in ``X-Fern-SDK-Name``), Cohere v2
 ``max_tokens_per_doc`` (Haystack's CohereRanker sends 4096), ``return_documents`` with each API's
-default, TEI's ``/rerank`` body, vLLM's ``/score``, and the served model's name.
+default, TEI's ``/rerank`` body, vLLM's ``/score``, and the served model's name. The real client
+packages themselves run in ``test_clients.py``.
 """
 
 from __future__ import annotations
@@ -150,22 +151,6 @@ def test_openapi_lists_the_formats(server: ServerProcess) -> None:
     assert {"rank_fields", "max_tokens_per_doc", "return_documents"} <= set(props)
 
 
-def test_the_real_cohere_sdk(server: ServerProcess) -> None:
-    """The cohere SDK itself (v1 with rank_fields, v2 with max_tokens_per_doc; the ``clients`` extra)."""
-    import cohere
-
-    v1 = cohere.Client(api_key="none", base_url=server.url)
-    docs = [{"title": "Tea", "text": DOCS[0]}, {"title": "Markets", "text": DOCS[1]}]
-    out = v1.rerank(model="rerank-english-v3.0", query="green tea", documents=docs, rank_fields=["title", "text"],
-                    top_n=2)
-    assert len(out.results) == 2 and all(r.document is None for r in out.results)
-    out = v1.rerank(model="rerank-english-v3.0", query="tea", documents=["tea", "coffee"], return_documents=True)
-    assert {r.document.text for r in out.results} == {"tea", "coffee"}
-    v2 = cohere.ClientV2(api_key="none", base_url=server.url)
-    out = v2.rerank(model="rerank-v3.5", query="tea", documents=["tea " * 100, "coffee"], max_tokens_per_doc=4)
-    assert len(out.results) == 2
-
-
 def test_rerankers_tei_provider_payload(server: ServerProcess) -> None:
     """Exactly what rerankers' ``text-embeddings-inference`` provider (0.10) posts, and how it reads the answer."""
     import json
@@ -179,13 +164,3 @@ def test_rerankers_tei_provider_payload(server: ServerProcess) -> None:
     assert r.status_code == 200, r.text
     ranked = [(docs[x["index"]], x["score"], x["text"]) for x in r.json()]
     assert sorted(d for d, _, _ in ranked) == sorted(docs) and all(d == t for d, _, t in ranked)
-
-
-def test_the_real_rerankers_api_providers(server: ServerProcess) -> None:
-    """rerankers' TEI, Jina and Cohere providers (the ``clients`` extra)."""
-    from rerankers.models import api_rankers as api
-
-    for provider, path in (("text-embeddings-inference", "/rerank"), ("jina", "/v1/rerank"), ("cohere", "/v1/rerank")):
-        out = api.APIRanker("lbnl", api_key="none", api_provider=provider, url=server.url + path).rank(
-            "green tea", ["Green tea is healthy.", "Coffee prices rose."])
-        assert [x.rank for x in out.results] == [1, 2], provider
