@@ -1,7 +1,7 @@
 """lbnl: last-but-not-late interaction (LBNL) listwise reranking, the jina-reranker-v3 architecture.
 
 >>> from lbnl import Reranker                                  # doctest: +SKIP
->>> reranker = Reranker.from_pretrained()                      # doctest: +SKIP  (the built-in lbnl-small)
+>>> reranker = Reranker.from_pretrained()                      # doctest: +SKIP  (the built-in lbnl-small-v3)
 >>> reranker.rerank("query", ["doc a", "doc b"], top_n=1)      # doctest: +SKIP
 >>> reranker.score("query", ["doc a", "doc b"])                # doctest: +SKIP  (input order)
 

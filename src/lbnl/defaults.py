@@ -29,7 +29,8 @@ BATCH_ROWS = 64
 #: Port of ``lbnl serve``.
 SERVE_PORT = 8080
 
-#: Name of the built-in default model.
-DEFAULT_MODEL_NAME = "lbnl-small"
+#: Name of the built-in default model (a shipped adapter; ``lbnl-small`` and ``lbnl-small-v2`` stay
+#: available by name).
+DEFAULT_MODEL_NAME = "lbnl-small-v3"
 #: Hub id of the official checkpoint.
 OFFICIAL_HUB_ID = "jinaai/jina-reranker-v3"

@@ -1,4 +1,4 @@
-"""The built-in default model (lbnl-small): shipped adapter, base from the package registry, no hub."""
+"""The built-in default model (lbnl-small-v3, a stack of shipped adapters): shipped adapter, base from the package registry, no hub."""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
 """The built-in models shipped inside the package: small adapters on a base obtained from a registry.
 
-lbnl-small is an adapter (LoRA factors, projector, special-token rows; a few MB) trained by us
-(configs/lbnl-small*.yaml, docs/train.md) and shipped in ``lbnl/checkpoints/weights``. Its base,
+Each lbnl-small model is an adapter (LoRA factors, projector, special-token rows; a few MB) trained by
+us (configs/lbnl-small*.yaml, docs/train.md) and shipped in ``lbnl/checkpoints/weights``; the default
+(``DEFAULT_MODEL_NAME``) is the top of a stack of them (lbnl-small-stage1, lbnl-small, lbnl-small-v2,
+lbnl-small-v3, each naming the previous as its base). The base under all of them,
 SmolLM2-135M-Instruct, is fetched from the Python package registry on first use and cached (see
 :mod:`lbnl.checkpoints.bases`), so ``Reranker.from_pretrained()`` needs no model hub. A shipped
 adapter is also a valid base name for another adapter (training stages stack).

@@ -114,7 +114,7 @@ def register(subparsers: Any) -> None:
                    help="serve without a key even if LBNL_API_KEY is set (without any key given, no key is needed)")
     p.add_argument("--served-model-name", default=None,
                    help="model name shown in responses and /v1/models (default: the model's own name: "
-                        "lbnl-small, the hub id, or the checkpoint directory's name; never a path)")
+                        "lbnl-small-v3, the hub id, or the checkpoint directory's name; never a path)")
     p.add_argument("--max-batch-tokens", type=int, default=MAX_BATCH_TOKENS,
                    help=f"token budget of one batch of requests and of one forward (default {MAX_BATCH_TOKENS})")
     p.add_argument("--batch-wait-ms", type=float, default=5.0,
