@@ -80,5 +80,7 @@ class FusedReranker(BaseReranker):
 
     def describe(self) -> str:
         """One line saying how scores are made (for the CLI and the server)."""
-        return (f"fused with BM25 over each request's documents ({self.fusion.transform}, "
-                f"model weight {self.fusion.weight:g})")
+        w = self.fusion.weight
+        if self.fusion.transform == "coverage":
+            return f"{w:g} x cosine + {1 - w:g} x the share of query terms in the document (coverage fusion)"
+        return f"fused with BM25 over each request's documents (min-max, model weight {w:g})"

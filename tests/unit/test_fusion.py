@@ -41,3 +41,9 @@ def test_coverage_counts_distinct_stemmed_query_terms() -> None:
     cover = query_term_coverage("health benefits of green tea",
                                 ["Green tea is healthy and has benefits.", "Basketball.", "Tea"])
     assert cover == pytest.approx([3 / 4, 0.0, 1 / 4])  # green, tea, benefit (health != healthi)
+
+
+def test_describe_says_how_each_transform_scores(tiny_reranker) -> None:
+    coverage = FusedReranker(tiny_reranker, Fusion(0.5, "coverage")).describe()
+    assert "cosine" in coverage and "query terms" in coverage and "BM25" not in coverage
+    assert "over each request's documents" in FusedReranker(tiny_reranker, Fusion(0.7, "minmax")).describe()
