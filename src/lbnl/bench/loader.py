@@ -107,6 +107,7 @@ class PeerScorer(LbnlScorer):
         self.backend = backend
         self.captured = reranker.model.captured
         self.description = backend.describe()
+        self.activation_bytes = backend.activation_bytes
 
     def hidden(self, ids: Sequence[int], read: Sequence[int]) -> Any:
         import torch
@@ -258,17 +259,36 @@ class Loader:
 
     def reference_hidden(self, prompts: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[Any]:
         """The float32 reference's final hidden states at the read positions of each ``(ids, read)`` prompt: the
-        plain transformers forward of the float32 backbone (SDPA). The model ``default`` runs is used when it is
-        loaded; otherwise one is loaded for the call and freed after it (peers need the memory)."""
+        plain transformers forward of the float32 backbone (SDPA).
+
+        The model ``default`` runs is used when it is loaded; otherwise one is loaded for the call and freed
+        after it (peers need the memory). Results are kept under the peers' cache, keyed by the checkpoint's
+        fingerprint and the prompt, so runs that measure one peer family at a time compute each only once.
+        """
         import gc
+        import hashlib
 
         import torch
 
+        from .peers.export import fingerprint
+
+        cache = (self.peer_cache / fingerprint(self.path) / "reference-hidden") if self.peer_cache else None
+        files = [cache / (hashlib.sha256(repr((list(map(int, ids)), list(map(int, read)))).encode()).hexdigest()[:24]
+                          + ".pt") if cache else None for ids, read in prompts]
+        out: list[Any] = [torch.load(f) if f is not None and f.exists() else None for f in files]
+        todo = [i for i, h in enumerate(out) if h is None]
+        if not todo:
+            return out
         key = ("lbnl", "float32", None, False)
         model = self.models[key][0] if key in self.models else self._build_lbnl(
             PathSpec("reference-hidden", "lbnl"), torch.float32)[0]
         with torch.inference_mode():
-            out = [model.hidden_states(torch.tensor([list(ids)]))[0, list(read)].float().clone() for ids, read in prompts]
+            for i in todo:
+                ids, read = prompts[i]
+                out[i] = model.hidden_states(torch.tensor([list(ids)]))[0, list(read)].float().clone()
+                if files[i] is not None:
+                    files[i].parent.mkdir(parents=True, exist_ok=True)
+                    torch.save(out[i], files[i])
         del model
         gc.collect()
         return out

@@ -103,9 +103,14 @@ def _skip_reason(loader: Loader, spec: PathSpec, res: PathResult, longest: int, 
         from .peers import PeerUnavailable
 
         try:
-            res.description = loader.scorer(spec).description or res.description
+            scorer = loader.scorer(spec)
         except PeerUnavailable as exc:
             return str(exc)
+        res.description = scorer.description or res.description
+        need, available = scorer.activation_bytes(longest), mem_available()
+        if available is not None and need > 0.8 * available:
+            return (f"a {longest}-token forward would hold {need / 2**30:.1f} GiB of attention scores; "
+                    f"{available / 2**30:.1f} GiB available")
     return None
 
 

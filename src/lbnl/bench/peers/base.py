@@ -31,6 +31,11 @@ class Backend(ABC):
     def describe(self) -> str:
         """What runs: runtime version, precision, threads, the export it loaded."""
 
+    def activation_bytes(self, tokens: int) -> int:
+        """Memory one forward over ``tokens`` tokens needs beyond the weights, where that can outgrow the machine
+        (the bench skips the path when it would not fit); 0 when it stays small."""
+        return 0
+
 
 class PeerModel:
     """A :class:`Backend` dressed as the model :class:`~lbnl.reranker.Reranker` drives (``fast_forward=False``).

@@ -72,7 +72,7 @@ def export_int8(f32: Path, checkpoint: Path, cache: Path, log: Callable[[str], N
 
 
 class OnnxRuntimeBackend(Backend):
-    def __init__(self, variant: str, model: Path, threads: int):
+    def __init__(self, variant: str, model: Path, threads: int, heads: int):
         import onnxruntime as ort
 
         self.name = f"onnxruntime:{variant}"
@@ -86,12 +86,18 @@ class OnnxRuntimeBackend(Backend):
         options.enable_cpu_mem_arena = False  # give activations back after each call, as the other paths do
         self.session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
         self.version = ort.__version__
+        self.heads = heads
 
     def hidden(self, ids: Sequence[int], read: Sequence[int]) -> Any:
         import numpy as np
 
         feed = {"input_ids": np.asarray(ids, dtype=np.int64), "read": np.asarray(read, dtype=np.int64)}
         return np.asarray(self.session.run(["hidden"], feed)[0], dtype=np.float32)
+
+    def activation_bytes(self, tokens: int) -> int:
+        """The exported attention is MatMul, mask, Softmax: float32 scores of every head over every causal pair,
+        held about three times at once (scores, masked scores, probabilities)."""
+        return 3 * self.heads * tokens * tokens * 4
 
     def describe(self) -> str:
         what = "float32" if self.variant == "f32" else "dynamic int8 MatMul (int8 weights, per-call activations)"
@@ -102,4 +108,7 @@ def open_backend(variant: str, checkpoint: Path, cache: Path, threads: int, log:
     model = export_f32(checkpoint, cache, log)
     if variant == "int8":
         model = export_int8(model, checkpoint, cache, log)
-    return OnnxRuntimeBackend(variant, model, threads)
+    import json
+
+    heads = json.loads((checkpoint / "config.json").read_text())["num_attention_heads"]
+    return OnnxRuntimeBackend(variant, model, threads, heads)
