@@ -175,13 +175,13 @@ class Loader:
         return ("lbnl", spec.dtype, spec.quantize, spec.compile)
 
     def _load(self, key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
-        import gc
+        from ..hardware import release_memory
 
         if key not in self.models:
-            gc.collect()
+            release_memory()  # freed heap pages of an earlier load (an export, a conversion) would hide this one's
             before = rss()
             self.models[key] = build()
-            gc.collect()
+            release_memory()
             self.loaded_bytes[key] = max(0, rss() - before)
         return self.models[key]
 

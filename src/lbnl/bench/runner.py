@@ -108,7 +108,7 @@ def _skip_reason(loader: Loader, spec: PathSpec, res: PathResult, longest: int, 
             return str(exc)
         res.description = scorer.description or res.description
         need, available = scorer.activation_bytes(longest), mem_available()
-        if available is not None and need > 0.8 * available:
+        if available is not None and need > 0.6 * available:
             return (f"a {longest}-token forward would hold {need / 2**30:.1f} GiB of attention scores; "
                     f"{available / 2**30:.1f} GiB available")
     return None
@@ -330,7 +330,8 @@ def run_bench(model: Path, specs: list[PathSpec], workloads: list[Workload | For
               repeats: int = 3, data: Path | None = None, time_cap: float = DEFAULT_TIME_CAP,
               threads: int | None = None, peer_cache: Path | None = None,
               on_workload: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Measure the machine's matmul peaks, then every path on every workload; return the JSON-ready report.
+    """Measure the machine's matmul peaks, then every path on every workload, then the peaks again (the higher of
+    each counts); return the JSON-ready report.
 
     ``peer_cache`` is where peers' exports are kept (default ``$LBNL_CACHE/bench/peers``); peers run with
     ``threads`` threads (default: torch's count). ``on_workload`` receives the report so far after each
@@ -369,5 +370,23 @@ def run_bench(model: Path, specs: list[PathSpec], workloads: list[Workload | For
         report["paths"].update({r["path"]: r["description"] for r in report["workloads"][-1]["results"]})
         if on_workload is not None:
             on_workload(report)
+    _log("measuring matmul peaks again")
+    _best_peaks(report, measure_peaks())
     report["load_average"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     return report
+
+
+def _best_peaks(report: dict[str, Any], again: dict[str, Any]) -> None:
+    """Keep the higher of the peaks measured before and after the workloads (another process on the core can
+    only lower a measurement) and express every path's FLOP/s as a fraction of the result."""
+    machine = report["machine"]
+    for key in ("fp32_tflops", "bf16_tflops", "int8_linear_tflops"):
+        if again.get(key) is not None and (machine.get(key) is None or again[key] > machine[key]):
+            machine[key] = again[key]
+    machine["best_tflops"] = max(machine["fp32_tflops"], machine["bf16_tflops"])
+    machine["best_dtype"] = "float32" if machine["fp32_tflops"] >= machine["bf16_tflops"] else "bfloat16"
+    machine["peaks_measured"] = "best of before and after the workloads"
+    for w in report["workloads"]:
+        for r in w["results"]:
+            if r["status"] == "ok":
+                r["peak_fraction"] = r["tflops"] / machine["best_tflops"]

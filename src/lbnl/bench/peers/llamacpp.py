@@ -12,8 +12,9 @@ the output of the final norm at a token. In that mode llama.cpp outputs every to
 that asks for fewer), and its decoder graph ends in the LM head, so unlike lbnl and the ONNX/OpenVINO
 exports it also runs the last layer's MLP at every token and the vocabulary projection over every token
 (2 * T * hidden * vocab FLOPs more, uncounted by the bench's FLOP model). The context holds the prompt
-(``n_ctx``, grown when a longer one comes), ``n_batch`` covers the whole prompt so it is one
-``llama_decode`` call, split by llama.cpp into micro-batches of ``n_ubatch`` = :data:`UBATCH` tokens;
+(``n_ctx``, grown when a longer one comes); the prompt goes in as ``llama_decode`` calls of :data:`UBATCH`
+tokens (llama.cpp's own micro-batch size; keys and values of the earlier calls are cached, so this is the
+computation one long call does, but the output buffer of every token's logits stays at one micro-batch);
 keys and values are cached in f16 (llama.cpp's default) and flash attention is on.
 """
 
@@ -166,7 +167,7 @@ class LlamaCppBackend(Backend):
         lc = self.llama_cpp
         self.llm = None
         self.llm = Llama(model_path=str(self.model), embedding=True, pooling_type=lc.LLAMA_POOLING_TYPE_NONE,
-                         n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=min(UBATCH, n_ctx), n_threads=self.threads,
+                         n_ctx=n_ctx, n_batch=UBATCH, n_ubatch=UBATCH, n_threads=self.threads,
                          n_threads_batch=self.threads, flash_attn=True, verbose=False, use_mmap=True)
         self.n_ctx = n_ctx
         self.n_embd = lc.llama_model_n_embd(self.llm.model)
@@ -189,24 +190,29 @@ class LlamaCppBackend(Backend):
             self._open(-(-n // 1024) * 1024)
         self._clear()
         ctx = self.llm.ctx
-        batch = lc.llama_batch_init(n, 0, 1)
+        out = np.empty((len(read), self.n_embd), dtype=np.float32)
+        batch = lc.llama_batch_init(UBATCH, 0, 1)
         try:
-            for i, token in enumerate(ids):
-                batch.token[i] = int(token)
-                batch.pos[i] = i
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = 0
-                batch.logits[i] = True  # embeddings without pooling output every token (llama.cpp insists)
-            batch.n_tokens = n
-            status = lc.llama_decode(ctx, batch)
-            if status != 0:
-                raise RuntimeError(f"llama_decode returned {status}")
-            out = np.empty((len(read), self.n_embd), dtype=np.float32)
-            for j, position in enumerate(read):
-                pointer = lc.llama_get_embeddings_ith(ctx, int(position))
-                if not pointer:
-                    raise RuntimeError(f"llama.cpp gave no embedding at position {position}")
-                out[j] = np.ctypeslib.as_array(pointer, shape=(self.n_embd,))
+            # One llama_decode per micro-batch, the keys and values of the earlier ones cached: what llama.cpp does
+            # with a longer batch anyway, but its output buffer (logits and embeddings of every token) stays small.
+            for start in range(0, n, UBATCH):
+                chunk = ids[start:start + UBATCH]
+                for i, token in enumerate(chunk):
+                    batch.token[i] = int(token)
+                    batch.pos[i] = start + i
+                    batch.n_seq_id[i] = 1
+                    batch.seq_id[i][0] = 0
+                    batch.logits[i] = True  # embeddings without pooling output every token (llama.cpp insists)
+                batch.n_tokens = len(chunk)
+                status = lc.llama_decode(ctx, batch)
+                if status != 0:
+                    raise RuntimeError(f"llama_decode returned {status}")
+                for j, position in enumerate(read):
+                    if start <= position < start + len(chunk):
+                        pointer = lc.llama_get_embeddings_ith(ctx, int(position) - start)
+                        if not pointer:
+                            raise RuntimeError(f"llama.cpp gave no embedding at position {position}")
+                        out[j] = np.ctypeslib.as_array(pointer, shape=(self.n_embd,))
             return out
         finally:
             lc.llama_batch_free(batch)
