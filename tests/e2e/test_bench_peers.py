@@ -98,11 +98,13 @@ def test_unknown_model_type_is_unavailable_not_a_crash(tiny_checkpoint: Path, tm
         open_backend("llamacpp", "q8_0", fake, tmp_path / "cache", 1)
 
 
-def test_bench_command_with_every_peer(tiny_checkpoint: Path, tmp_path: Path,
-                                       tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_bench_command_with_a_peer_of_each_family(tiny_checkpoint: Path, tmp_path: Path,
+                                                  tmp_path_factory: pytest.TempPathFactory) -> None:
     out, cache = tmp_path / "bench.json", shared_cache(tmp_path_factory)
+    peers = [("onnxruntime", "int8"), ("openvino", "bf16"), ("llamacpp", "q8_0")]
     proc = subprocess.run([sys.executable, "-m", "lbnl", "bench", "--model", str(tiny_checkpoint), "--threads", "1",
-                           "--workload", "T200,1x4x24", "--paths", "default", "--peers", "all", "--repeats", "1",
+                           "--workload", "T200,1x4x24", "--paths", "default", "--repeats", "1",
+                           "--peers", ",".join(f"{f}:{v}" for f, v in peers),
                            "--cache-dir", str(cache), "--output", str(out)],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -111,8 +113,8 @@ def test_bench_command_with_every_peer(tiny_checkpoint: Path, tmp_path: Path,
     assert [w["workload"] for w in report["workloads"]] == ["T200", "1x4x24"]
     for w in report["workloads"]:
         by_path = {r["path"]: r for r in w["results"]}
-        assert list(by_path) == ["default"] + [f"{f}:{v}" for f, v in VARIANTS]
-        for (family, variant) in VARIANTS:
+        assert list(by_path) == ["default"] + [f"{f}:{v}" for f, v in peers]
+        for (family, variant) in peers:
             r = by_path[f"{family}:{variant}"]
             if unavailable(family) is not None:
                 assert r["status"] == "skipped" and "not installed" in r["reason"]

@@ -108,7 +108,7 @@ def _skip_reason(loader: Loader, spec: PathSpec, res: PathResult, longest: int, 
             return str(exc)
         res.description = scorer.description or res.description
         need, available = scorer.activation_bytes(longest), mem_available()
-        if available is not None and need > 0.6 * available:
+        if available is not None and need > 0.8 * available:
             return (f"a {longest}-token forward would hold {need / 2**30:.1f} GiB of attention scores; "
                     f"{available / 2**30:.1f} GiB available")
     return None
