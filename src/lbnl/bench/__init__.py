@@ -17,6 +17,8 @@ One module per concept, so each can be read and tested alone:
 - :mod:`~lbnl.bench.loader`: models loaded once per path settings, and their scorers
 - :mod:`~lbnl.bench.runner`: timing every path on every workload
 - :mod:`~lbnl.bench.report`: the tables
+- :mod:`~lbnl.bench.peers`: other runtimes (OpenVINO, ONNX Runtime, llama.cpp) on the same forward,
+  optional (extras ``bench-peers``, ``bench-llamacpp``)
 
 The command line lives in :mod:`lbnl.cli.bench`; this package never imports the CLI. It stays
 light at import: torch and transformers load when a bench runs.
@@ -32,12 +34,14 @@ from .peaks import measure_peaks
 from .reference import ReferenceScorer
 from .report import format_report
 from .runner import (ASSUMED_EFFICIENCY, DEFAULT_TIME_CAP, SHAPES, PathResult, bench_checkpoint, run_bench,
-                     run_workload)
-from .workloads import DEFAULT_WORKLOADS, QUICK_WORKLOADS, Workload, build_inputs, find_scifact
+                     run_forward_workload, run_workload)
+from .workloads import (DEFAULT_WORKLOADS, QUICK_WORKLOADS, ForwardWorkload, Workload, build_inputs, find_scifact,
+                        forward_prompt, parse_workload)
 
 __all__ = [
     "ALIASES", "ASSUMED_EFFICIENCY", "DEFAULT_PATHS", "DEFAULT_TIME_CAP", "DEFAULT_WORKLOADS", "QUICK_WORKLOADS",
-    "SHAPES", "DecoderShape", "LbnlScorer", "Loader", "PathResult", "PathSpec", "ReferenceScorer", "RssPeak",
-    "Workload", "bench_checkpoint", "build_inputs", "find_scifact", "format_report", "materialize",
-    "measure_peaks", "mem_available", "prompt_lengths", "rss", "run_bench", "run_workload",
+    "SHAPES", "DecoderShape", "ForwardWorkload", "LbnlScorer", "Loader", "PathResult", "PathSpec", "ReferenceScorer",
+    "RssPeak", "Workload", "bench_checkpoint", "build_inputs", "find_scifact", "format_report", "forward_prompt",
+    "materialize", "measure_peaks", "mem_available", "parse_workload", "prompt_lengths", "rss", "run_bench",
+    "run_forward_workload", "run_workload",
 ]

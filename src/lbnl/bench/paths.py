@@ -11,6 +11,9 @@
 - custom: ``lbnl:opt:opt...`` with options ``block=N``, ``int8``, ``bf16``, ``hf``, ``pointwise``,
   ``compile`` (``torch.compile`` of the fast path's norms and SiLU product), ``attn=sdpa`` or
   ``attn=chunked`` (the fast path's attention kernel; default: what ``auto`` picks on this machine).
+- peers, other runtimes on the same backbone forward (:mod:`lbnl.bench.peers`): ``openvino:bf16``,
+  ``openvino:f32``, ``onnxruntime:f32``, ``onnxruntime:int8``, ``llamacpp:bf16``, ``llamacpp:q8_0``
+  (``--peers`` adds them by family).
 
 Light at import: :mod:`lbnl.hardware` (torch) loads when a preset is parsed.
 """
@@ -49,15 +52,24 @@ class PathSpec:
     pointwise: bool = False
     compile: bool = False
     attention: str = "auto"
+    #: A peer runtime (``openvino``, ``onnxruntime``, ``llamacpp``) and its variant, for ``kind == "peer"``.
+    peer: str | None = None
+    variant: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> "PathSpec":
         from ..hardware import PRESETS, fastest_weights
 
+        from .peers import PEERS, VARIANT_DTYPE, parse_peer
+
         spec = ALIASES.get(text, text)
         kind, *options = spec.split(":")
+        if kind in PEERS:
+            family, variant = parse_peer(spec)
+            return cls(name=text, kind="peer", dtype=VARIANT_DTYPE[variant], peer=family, variant=variant)
         if kind not in ("reference", "lbnl"):
-            raise InvalidInputError(f"unknown path {text!r}; use {', '.join(ALIASES)} or lbnl:OPTION:OPTION...")
+            raise InvalidInputError(f"unknown path {text!r}; use {', '.join(ALIASES)}, lbnl:OPTION:OPTION... or a "
+                                    f"peer ({', '.join(f'{f}:VARIANT' for f in PEERS)})")
         path = cls(name=text, kind=kind)
         for option in options:
             key, _, value = option.partition("=")
@@ -89,6 +101,8 @@ class PathSpec:
     def describe(self) -> str:
         if self.kind == "reference":
             return f"official path (AutoModelForCausalLM, hidden states, 125/prompt), {self.dtype}"
+        if self.kind == "peer":
+            return f"peer {self.peer}, {self.variant}, {self.block_size}/prompt"
         parts = ["pointwise" if self.pointwise else f"{self.block_size}/prompt", self.dtype]
         parts += ["int8"] if self.quantize else []
         parts += ["transformers forward"] if not self.fast_forward else []

@@ -33,6 +33,15 @@ class ReferenceScorer:
         self.w2 = weights["projector.2.weight"].to(dtype)
         self.doc_id = self.tokenizer.convert_tokens_to_ids("<|embed_token|>")
         self.query_id = self.tokenizer.convert_tokens_to_ids("<|rerank_token|>")
+        self.captured: dict[tuple[int, ...], Any] = {}
+        self.description = ""
+
+    def hidden(self, ids: list[int], read: list[int]) -> Any:
+        """The last hidden state at ``read`` of the official forward (causal LM, every hidden state) over ``ids``."""
+        torch = self.torch
+        with torch.no_grad():
+            out = self.model(input_ids=torch.tensor([list(ids)]), output_hidden_states=True, use_cache=False)
+        return out.hidden_states[-1][0, list(read)].float()
 
     def _block(self, query: str, docs: list[str]) -> tuple[Any, Any, Any]:
         from ..prompt import build_prompt

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ..bench import (ALIASES, DEFAULT_PATHS, DEFAULT_TIME_CAP, DEFAULT_WORKLOADS, QUICK_WORKLOADS, SHAPES, PathSpec,
-                     Workload, bench_checkpoint, find_scifact, format_report, run_bench)
+                     bench_checkpoint, find_scifact, format_report, parse_workload, run_bench)
+from ..bench.peers import PEERS, expand_peers
 from ..errors import InvalidInputError
 
 
@@ -24,11 +25,13 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.repeats <= 0:
         raise InvalidInputError("--repeats must be positive")
-    specs = [PathSpec.parse(p.strip()) for p in args.paths.split(",") if p.strip()]
-    names = [s.name for s in specs]
+    names = [p.strip() for p in args.paths.split(",") if p.strip()]
+    if args.peers:
+        names += [p for p in expand_peers(args.peers) if p not in names]
+    specs = [PathSpec.parse(p) for p in names]
     if len(set(names)) != len(names):
         raise InvalidInputError("a path is listed twice")
-    workloads = [Workload.parse(w.strip()) for w in args.workload.split(",") if w.strip()]
+    workloads = [parse_workload(w.strip()) for w in args.workload.split(",") if w.strip()]
     if args.model is not None and args.shape is not None:
         raise InvalidInputError("give --model or --shape, not both")
     cache = Path(args.cache_dir or os.environ.get("LBNL_CACHE", Path.home() / ".cache" / "lbnl")) / "bench"
@@ -53,7 +56,7 @@ def _run(args: argparse.Namespace) -> int:
         out.write_text(json.dumps(saved, indent=2) + "\n")
 
     report = run_bench(model, specs, workloads, repeats=args.repeats, data=data, time_cap=args.time_cap,
-                       threads=args.threads, on_workload=save)
+                       threads=args.threads, peer_cache=cache / "peers", on_workload=save)
     save(report)
     print(format_report(report))
     if args.output:
@@ -75,11 +78,18 @@ def register(subparsers: Any) -> None:
     p.add_argument("--shape", default=None, choices=SHAPES,
                    help="random checkpoint shape built once under the cache (default tiny)")
     p.add_argument("--workload", default=None,
-                   help=f"comma-separated QUERIESxDOCUMENTSxTOKENS (default {','.join(DEFAULT_WORKLOADS)})")
+                   help=f"comma-separated QUERIESxDOCUMENTSxTOKENS (a rerank call) or T<N> (one forward of an "
+                        f"N-token prompt, e.g. T2048) (default {','.join(DEFAULT_WORKLOADS)})")
     p.add_argument("--paths", default=",".join(DEFAULT_PATHS),
-                   help="comma-separated paths: " + ", ".join(ALIASES) + ", or lbnl:block=N:int8:bf16:hf:compile:attn=sdpa|chunked")
+                   help="comma-separated paths: " + ", ".join(ALIASES) + ", lbnl:block=N:int8:bf16:hf:compile:attn=sdpa|chunked, "
+                        "or a peer: " + ", ".join(f"{f}:{v}" for f, vs in PEERS.items() for v in vs))
+    p.add_argument("--peers", default=None,
+                   help="add peer runtimes to the paths: comma-separated " + ", ".join(PEERS) + " (every variant), "
+                        "FAMILY:VARIANT, or all; a peer whose package is missing is skipped with the reason "
+                        "(extras bench-peers, bench-llamacpp)")
     p.add_argument("--repeats", type=int, default=3, help="timed calls per path and workload (default 3)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads, and each peer runtime's (default: torch's choice)")
     p.add_argument("--time-cap", type=float, default=DEFAULT_TIME_CAP,
                    help="skip a path whose estimated call time exceeds this many seconds (default 1800)")
     p.add_argument("--data", default=None, help="SciFact directory for real text (default: $LBNL_SCIFACT; "
@@ -88,7 +98,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--output", default=None, help="write the full report as JSON")
     p.add_argument("--keep-scores", action="store_true", help="keep every path's scores in the JSON")
     p.add_argument("--markdown", default=None, help="also write the tables as markdown")
-    p.add_argument("--cache-dir", default=None, help="where random checkpoints go (default $LBNL_CACHE or ~/.cache/lbnl)")
+    p.add_argument("--cache-dir", default=None, help="where random checkpoints and peers' exports go, under bench/ "
+                   "(default $LBNL_CACHE or ~/.cache/lbnl)")
     p.set_defaults(func=_run_with_defaults)
 
 
