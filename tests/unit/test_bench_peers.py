@@ -1,6 +1,6 @@
 """Peers in ``lbnl bench``: naming and selection, skipping with a reason, the export cache, the forward workload,
 and the adapter that scores through a peer (with a stand-in runtime, so no peer package is needed here).
-The real runtimes run in tests/e2e/test_bench_peers.py."""
+The real runtimes run in tests/e2e/test_bench_peers_run.py."""
 
 from __future__ import annotations
 
