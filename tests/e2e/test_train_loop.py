@@ -184,7 +184,7 @@ def test_a_pointwise_run_is_validated_pointwise(tiny_checkpoint: Path, planted: 
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_checkpoint: Path, planted: Path, tmp_path: Path) -> None:
-    from lbnl.train.data import collate
+    from lbnl.train.lists import collate
 
     grads = []
     for flag in ("false", "true"):
