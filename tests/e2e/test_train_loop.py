@@ -346,3 +346,34 @@ def test_calibration_with_lone_splits_separates_lone_documents(tiny_checkpoint: 
     before = lone_wins(Reranker.from_pretrained(tiny_checkpoint, device="cpu"))
     after = lone_wins(Reranker.from_pretrained(result.model_dir, device="cpu"))
     assert after >= 10 and after > before
+
+
+def test_distillation_follows_the_teacher(tiny_checkpoint: Path, planted: Path, tmp_path: Path) -> None:
+    """loss.distill alone: the student's list distributions move towards a (tiny, real) teacher's,
+    in ordinary lists and in lone splits (one list across prompts)."""
+    from lbnl.testing.checkpoints import build_tiny_teacher
+    from lbnl.train.lists import collate
+
+    teacher = build_tiny_teacher(tmp_path / "teacher")
+    config = load_config(None, overrides(tiny_checkpoint, planted, tmp_path / "distill", "optim.lr=3e-3",
+                                         "optim.max_steps=24", "optim.lists_per_batch=4", "data.validation_queries=0",
+                                         "loss.rank=0", "loss.disperse=0", "loss.dual=0", "loss.similar=0",
+                                         "loss.distill=1", f"loss.teacher={teacher}", "loss.teacher_temperature=0.005",
+                                         "data.lone_split=0.5", "run.save_every=0"))
+    trainer = Trainer(config)
+    splits = [trainer.sampler.is_lone_split(s) for s in range(0, 24 * 4, 4)]
+    assert 0 < sum(splits) < 24
+    held = [collate(trainer.sampler.lists(s, 4), trainer.pad_id) for s in range(400, 440, 4)]   # lists the run does not see
+
+    def held_out_kl() -> float:
+        trainer.model.eval()
+        with torch.no_grad():
+            return float(np.mean([trainer.batch_losses(b).components["distill"] for b in held]))
+
+    before = held_out_kl()
+    result = trainer.run()
+    trains = [r for r in result.history if r["type"] == "train"]
+    assert all("distill" in r and "calibrate" not in r for r in trains)
+    assert trainer.teacher is not None and trainer.teacher.texts_encoded > 0     # the teacher really scored
+    assert min(r["distill"] for r, s in zip(trains, splits) if s) > 0            # lone splits are distilled too
+    assert held_out_kl() < 0.95 * before                              # closer to the teacher on unseen lists

@@ -174,3 +174,15 @@ def test_lone_split_is_validated() -> None:
         load_config(None, [*base, "data.lone_split=0.3", "optim.lists_per_batch=1"])
     config = load_config(None, [*base, "data.lone_split=0.3", "loss.calibrate=0.5"])
     assert config.data.lone_split == 0.3 and config.loss.calibrate == 0.5
+
+
+def test_batches_carry_the_texts_the_prompts_hold(lbnl_tokenizer) -> None:
+    """A teacher reads the query and the documents as truncated for the prompts, in canonical order."""
+    enc = ListEncoder(lbnl_tokenizer, max_doc_tokens=3, dual=False, similar=False)
+    long = "one two three four five six seven"
+    item = enc.encode("a query", [("p", long), ("n", "short")], np.random.default_rng(0))
+    assert item.query_text == "a query" and item.texts is not None
+    assert item.texts[1] == "short" and long.startswith(item.texts[0]) and item.texts[0] != long
+    assert all(t in lbnl_tokenizer.decode(item.prompts[0]) for t in item.texts)
+    batch = collate([item, item], pad_id=0)
+    assert batch.queries == ["a query", "a query"] and batch.texts == [item.texts, item.texts]

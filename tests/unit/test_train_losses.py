@@ -192,3 +192,39 @@ def test_calibration_loss_has_finite_gradients_and_combines() -> None:
     value.backward()
     assert torch.isfinite(docs.grad).all() and float(docs.grad[1, 1].abs().sum()) == 0.0
     assert L.combine({"rank": t(1.0), "calibrate": t(2.0)}, {"rank": 1.0, "calibrate": 0.5}).total.item() == 2.0
+
+
+def test_distillation_loss_hand_value() -> None:
+    tau, teacher_tau = 0.5, 0.25
+    q = t([E0])
+    docs = t([[E0, E1, NEG_E0]])                                       # student cosines 1, 0, -1
+    teacher = t([[0.5, 0.25, 0.0]])                                    # teacher logits 2, 1, 0
+    p = torch.softmax(t([2.0, 1.0, 0.0]), 0)
+    log_q = torch.log_softmax(t([2.0, 0.0, -2.0]), 0)
+    expected = float((p * (p.log() - log_q)).sum())
+    assert L.distillation_loss(q, docs, teacher, tau, teacher_tau).item() == pytest.approx(expected, rel=1e-6)
+    # the same distribution: zero
+    assert L.distillation_loss(q, docs, t([[0.5, 0.0, -0.5]]), tau, teacher_tau).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_distillation_loss_mask_and_short_lists() -> None:
+    q = t([E0, E0])
+    docs = t([[E0, E1, E1], [E0, E1, NEG_E0]])
+    teacher = t([[1.0, 0.0, 99.0], [0.3, 0.2, 0.1]])
+    mask = torch.tensor([[True, True, False], [True, False, False]])   # list 1 has one document: skipped
+    alone = L.distillation_loss(q[:1], docs[:1, :2], teacher[:1, :2], 0.5, 0.5)
+    assert L.distillation_loss(q, docs, teacher, 0.5, 0.5, mask).item() == pytest.approx(alone.item(), rel=1e-6)
+    assert L.distillation_loss(q, docs, teacher, 0.5, 0.5, torch.tensor([[True, False, False]] * 2)).item() == 0.0
+
+
+def test_distillation_loss_pulls_the_student_towards_the_teacher() -> None:
+    torch.manual_seed(0)
+    docs = torch.randn(2, 4, 8, requires_grad=True)
+    query = torch.randn(2, 8)
+    teacher = torch.rand(2, 4)
+    first = L.distillation_loss(query, docs, teacher, 0.1, 0.05)
+    first.backward()
+    with torch.no_grad():
+        stepped = docs - 0.01 * docs.grad
+    assert torch.isfinite(docs.grad).all()
+    assert L.distillation_loss(query, stepped, teacher, 0.1, 0.05).item() < first.item()

@@ -134,3 +134,21 @@ def build_random_checkpoint(
     model = LBNLModel(backbone, projector, embed_id, rerank_id)
     save_official(model, out_dir, tokenizer)
     return Path(out_dir)
+
+
+def build_tiny_teacher(out_dir: str | os.PathLike[str], *, seed: int = 0) -> Path:
+    """Write a tiny random BERT encoder with a character-level WordPiece vocabulary: a stand-in for a
+    sentence-embedding teacher (``loss.teacher``) that :class:`lbnl.train.teacher.EmbeddingTeacher` loads."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    chars = "abcdefghijklmnopqrstuvwxyz0123456789"
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars)]
+    (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(out / "vocab.txt"), do_lower_case=True).save_pretrained(out)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=512)
+    BertModel(config).save_pretrained(out)
+    return out

@@ -117,6 +117,13 @@ class LossConfig:
                                "in its own prompt, above every negative of the micro-batch scored in its own "
                                "prompt, so that scores compare across requests (thresholds, lone documents). "
                                "Pairs well with data.lone_split.")
+    distill: float = _f(0.0, "Weight of L_distill (lbnl's addition): KL divergence from a teacher's score "
+                             "distribution over each list to the student's; lone-split micro-batches are one "
+                             "list across prompts. Needs loss.teacher.")
+    teacher: str | None = _f(None, "Directory of the sentence-embedding model L_distill follows (cosine of mean-pooled "
+                                   "embeddings; e.g. all-MiniLM-L6-v2 from: python scripts/teacher.py fetch). "
+                                   "Training-time only.")
+    teacher_temperature: float = _f(0.05, "Temperature of the teacher's cosines in L_distill.")
     in_batch_negatives: bool = _f(False, "Documents of the other lists in a micro-batch become extra negatives of L_rank.")
     span_drop_min: float = _f(0.10, "Augmentation for L_similar: smallest fraction of a document's tokens dropped "
                                     "as one contiguous span.")
@@ -199,11 +206,16 @@ class TrainConfig:
             raise InvalidInputError("optim.max_steps must be positive")
         if not 0 <= self.loss.span_drop_min <= self.loss.span_drop_max < 1:
             raise InvalidInputError("need 0 <= loss.span_drop_min <= loss.span_drop_max < 1")
-        weights = (self.loss.rank, self.loss.disperse, self.loss.dual, self.loss.similar, self.loss.calibrate)
+        weights = (self.loss.rank, self.loss.disperse, self.loss.dual, self.loss.similar, self.loss.calibrate,
+                   self.loss.distill)
         if min(weights) < 0:
             raise InvalidInputError("loss weights must be >= 0")
         if max(weights) == 0:
             raise InvalidInputError("every loss weight is 0")
+        if self.loss.distill and not self.loss.teacher:
+            raise InvalidInputError("loss.distill needs loss.teacher (a sentence-embedding model directory)")
+        if self.loss.teacher_temperature <= 0:
+            raise InvalidInputError("loss.teacher_temperature must be positive")
         if not 0 <= self.data.lone_split <= 1:
             raise InvalidInputError("data.lone_split must be between 0 and 1")
         if self.data.lone_split and self.optim.lists_per_batch < 2:

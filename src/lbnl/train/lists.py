@@ -26,6 +26,8 @@ class EncodedList:
     order (the positive first): ``doc`` in the main prompts, ``query`` and ``early`` the final and
     early rerank tokens the document's prompt holds, ``augmented`` the document's augmented copy in
     the second pass. ``positive`` is False for a list holding only a negative (``data.lone_split``).
+    ``query_text`` and ``texts`` are the query and documents (canonical order) as the prompts hold
+    them, after truncation: what a distillation teacher reads.
     """
 
     prompts: list[list[int]]
@@ -34,6 +36,8 @@ class EncodedList:
     early: list[tuple[int, int]] | None = None
     augmented: list[tuple[int, int]] | None = None
     positive: bool = True
+    query_text: str = ""
+    texts: list[str] | None = None
 
     @property
     def n_docs(self) -> int:
@@ -125,7 +129,8 @@ class ListEncoder:
             passes.append(("augmented", augmented, rng.permutation(n)))
         out = EncodedList(prompts=[], doc=[(0, 0)] * n, query=[(0, 0)] * n,
                           early=[(0, 0)] * n if self.dual else None,
-                          augmented=[(0, 0)] * n if self.similar else None)
+                          augmented=[(0, 0)] * n if self.similar else None,
+                          query_text=query, texts=[t for t, _ in texts])
         for name, pass_texts, order in passes:
             if self.mode == "listwise":
                 layout = [list(order)]
@@ -244,7 +249,8 @@ class Batch:
     """Right-padded prompts of several lists and the flat positions (``row * width + column``) to read.
 
     ``doc``, ``query``, ``early``, ``augmented`` and ``mask`` are ``[lists, max documents]``;
-    ``positive`` ``[lists]`` marks the lists whose document 0 is a positive.
+    ``positive`` ``[lists]`` marks the lists whose document 0 is a positive; ``queries`` and ``texts``
+    hold each list's query and documents as text (for a teacher).
     """
 
     input_ids: Any
@@ -256,6 +262,8 @@ class Batch:
     docs: int = 0
     tokens: int = 0
     positive: Any = None
+    queries: list[str] | None = None
+    texts: list[list[str]] | None = None
 
 
 def collate(lists: Sequence[EncodedList], pad_id: int) -> Batch:
@@ -285,4 +293,5 @@ def collate(lists: Sequence[EncodedList], pad_id: int) -> Batch:
         mask[b, : item.n_docs] = True
     return Batch(ids, tables["doc"], tables["query"], mask, tables["early"], tables["augmented"],
                  docs=sum(item.n_docs for item in lists), tokens=sum(item.n_tokens for item in lists),
-                 positive=torch.tensor([item.positive for item in lists], dtype=torch.bool))
+                 positive=torch.tensor([item.positive for item in lists], dtype=torch.bool),
+                 queries=[item.query_text for item in lists], texts=[list(item.texts or []) for item in lists])

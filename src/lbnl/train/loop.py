@@ -41,6 +41,8 @@ CHECKPOINTS = "checkpoints"
 LOG_FILE = "train_log.jsonl"
 PLOT_FILE = "loss_curve.png"
 SUMMARY_FILE = "summary.json"
+#: The loss and its components, as logged, shown on the progress bar and plotted.
+COMPONENTS = ("loss", "rank", "disperse", "dual", "similar", "calibrate", "distill")
 #: The held-out query ids, one per line (``lbnl eval --query-ids`` reads it).
 VALIDATION_FILE = "validation_queries.txt"
 #: Config keys that may change between a run and its resumption without a warning.
@@ -162,7 +164,12 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, self.total_steps, opt.warmup_steps, opt.schedule))
         self.weights = {"rank": loss.rank, "disperse": loss.disperse, "dual": loss.dual, "similar": loss.similar,
-                        "calibrate": loss.calibrate}
+                        "calibrate": loss.calibrate, "distill": loss.distill}
+        self.teacher = None
+        if loss.distill:
+            from .teacher import EmbeddingTeacher
+
+            self.teacher = EmbeddingTeacher(loss.teacher or "")
         self.step = 0
         self.train_seconds = 0.0
         self.docs_seen = 0
@@ -199,7 +206,24 @@ class Trainer:
             values["calibrate"] = L.calibration_loss(parts["query"], docs, cfg.temperature, mask, positive)
         if "augmented" in parts:
             values["similar"] = L.similarity_loss(docs, parts["augmented"], cfg.temperature, mask)
+        if self.teacher is not None:
+            values["distill"] = self._distill(batch, parts["query"], docs, mask)
         return L.combine(values, self.weights)
+
+    def _distill(self, batch: Batch, query: torch.Tensor, docs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """L_distill of a micro-batch; a lone split (one query, one document per prompt) is one list."""
+        assert self.teacher is not None and batch.texts is not None and batch.queries is not None
+        b, n = mask.shape
+        teacher = torch.zeros((b, n))
+        for i, (q, texts) in enumerate(zip(batch.queries, batch.texts)):
+            teacher[i, : len(texts)] = self.teacher.scores(q, texts)
+        if n == 1 and b > 1 and len(set(batch.queries)) == 1:
+            per_doc = query if query.dim() == 3 else query.unsqueeze(1)
+            return L.distillation_loss(per_doc.reshape(1, b, -1), docs.reshape(1, b, -1), teacher.reshape(1, b),
+                                       self.config.loss.temperature, self.config.loss.teacher_temperature,
+                                       mask.reshape(1, b))
+        return L.distillation_loss(query, docs, teacher, self.config.loss.temperature,
+                                   self.config.loss.teacher_temperature, mask)
 
     def train_step(self) -> dict[str, Any]:
         """One optimizer step (all micro-batches); returns its log record."""
@@ -459,8 +483,7 @@ class Trainer:
                 if self.step % run.log_every == 0 or self.step == self.total_steps:
                     self._log(record)
                     history.append(record)
-                post = {k: f"{record[k]:.3f}" for k in ("loss", "rank", "disperse", "dual", "similar", "calibrate")
-                        if k in record}
+                post = {k: f"{record[k]:.3f}" for k in COMPONENTS if k in record}
                 post["docs/s"] = f"{record['docs_per_s']:.1f}"
                 bar.set_postfix(post, refresh=False)
                 bar.update(1)
@@ -548,7 +571,7 @@ def plot_log(log_path: Path, png_path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     steps = [r["step"] for r in trains]
     window = max(1, len(trains) // 50)
-    for key in ("loss", "rank", "disperse", "dual", "similar", "calibrate"):
+    for key in COMPONENTS:
         ys = [r[key] for r in trains if key in r]
         if len(ys) == len(steps) and ys:
             smooth = [sum(ys[max(0, i - window + 1): i + 1]) / len(ys[max(0, i - window + 1): i + 1])

@@ -1,4 +1,5 @@
-"""The four LBNL training objectives (spec section 6), one function each, and lbnl's calibration term.
+"""The four LBNL training objectives (spec section 6), one function each, and lbnl's calibration and
+distillation terms.
 
 Every function takes projected embeddings laid out per training list: ``[B, n, D]`` for the
 ``n`` documents of each of ``B`` lists, with an optional boolean ``mask`` ``[B, n]`` marking the
@@ -143,6 +144,38 @@ def calibration_loss(
         return docs.new_zeros((), dtype=torch.float32)
     logits = torch.cat([pos[:, None], neg[None, :].expand(pos.shape[0], -1)], dim=1)
     return (torch.logsumexp(logits, dim=1) - pos).mean()
+
+
+def distillation_loss(
+    query: torch.Tensor, docs: torch.Tensor, teacher: torch.Tensor, tau: float, teacher_tau: float,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """L_distill (lbnl's addition): the KL divergence from a teacher's distribution over each list's
+    documents to the student's, ``KL(softmax(t / teacher_tau) || softmax(s / tau))``.
+
+    Hard labels say only which document is the positive; a teacher also says how far each negative
+    is from it, and forgives a negative that is in truth relevant (a synonym's definition, a second
+    answer). Lists with fewer than two real documents are skipped.
+
+    Args:
+        query: ``[B, D]`` or ``[B, n, D]`` as in :func:`rank_loss`.
+        docs: ``[B, n, D]`` document embeddings.
+        teacher: ``[B, n]`` the teacher's scores (cosines) of the same documents.
+        tau: the student's temperature.
+        teacher_tau: the teacher's temperature (its cosines spread less than a trained student's).
+        mask: ``[B, n]`` real documents.
+    """
+    mask = _full_mask(docs, mask)
+    keep = mask.sum(1) >= 2
+    if not bool(keep.any()):
+        return docs.new_zeros((), dtype=torch.float32)
+    per_doc = query.unsqueeze(1).expand_as(docs) if query.dim() == 2 else query
+    student = (_cosine_rows(per_doc, docs) / tau).masked_fill(~mask, float("-inf"))[keep]
+    target = (teacher.float().to(docs.device) / teacher_tau).masked_fill(~mask, float("-inf"))[keep]
+    log_p, log_q = F.log_softmax(target, dim=-1), F.log_softmax(student, dim=-1)
+    real = mask[keep]
+    kl = torch.where(real, log_p.exp() * (log_p - log_q), torch.zeros_like(log_p)).sum(-1)
+    return kl.mean()
 
 
 def similarity_loss(
