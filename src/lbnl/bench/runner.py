@@ -154,6 +154,44 @@ def _read_positions(ids: tuple[int, ...], embed_id: int) -> list[int]:
     return [i for i, t in enumerate(ids) if t == embed_id] + [len(ids) - 1]
 
 
+def _plan(loader: Loader, specs: list[PathSpec], name: str, shape: DecoderShape, peaks: dict[str, Any],
+          time_cap: float, lengths_of: Callable[[PathSpec], list[int]]) -> tuple[dict[str, PathResult], list[PathSpec]]:
+    """A result per path with its prompts and model FLOPs (``lengths_of(spec)``: the prompt lengths the
+    path reads), and the paths that will run; the others are marked skipped with the reason."""
+    results: dict[str, PathResult] = {}
+    runnable: list[PathSpec] = []
+    for spec in specs:
+        res = results[spec.name] = PathResult(spec.name, spec.describe())
+        lengths = lengths_of(spec)
+        res.prompts, res.prompt_tokens = len(lengths), sum(lengths)
+        res.model_flops = sum(shape.flops(n) for n in lengths)
+        reason = _skip_reason(loader, spec, res, max(lengths), shape, peaks, time_cap)
+        if reason is not None:
+            res.status, res.reason = "skipped", reason
+            _log(f"{name} {spec.name} skipped: {reason}")
+            continue
+        runnable.append(spec)
+    return results, runnable
+
+
+def _timed(res: PathResult, loader: Loader, spec: PathSpec, base_rss: int, call: Callable[..., Any], *args: Any) -> Any:
+    """Run one timed call ``call(*args)`` of a path from live memory only (whatever the path before it freed), record
+    its time and memory in ``res`` and return what it returned."""
+    from ..hardware import release_memory
+
+    release_memory()
+    with RssPeak() as rss:
+        start = time.perf_counter()
+        out = call(*args)
+        elapsed = time.perf_counter() - start
+    res.times.append(round(elapsed, 4))
+    res.process_peak_rss_mb = max(res.process_peak_rss_mb, rss.peak / 2**20)
+    res.activation_rss_mb = max(res.activation_rss_mb, (rss.peak - rss.before) / 2**20)
+    res.model_rss_mb = loader.loaded_bytes.get(loader.key(spec), 0) / 2**20
+    res.peak_rss_mb = base_rss / 2**20 + res.model_rss_mb + res.activation_rss_mb
+    return out
+
+
 def run_workload(loader: Loader, specs: list[PathSpec], workload: Workload | ForwardWorkload, shape: DecoderShape,
                  peaks: dict[str, Any], *, repeats: int, data: Path | None, time_cap: float,
                  base_rss: int = 0, release_reference: bool = False) -> dict[str, Any]:
@@ -163,8 +201,6 @@ def run_workload(loader: Loader, specs: list[PathSpec], workload: Workload | For
     process before any model), the RSS growth when the path's model was loaded, and the peak growth
     during its calls; the process's own peak (all models loaded) is reported beside it.
     """
-    from ..hardware import release_memory
-
     if isinstance(workload, ForwardWorkload):
         return run_forward_workload(loader, specs, workload, shape, peaks, repeats=repeats, data=data,
                                     time_cap=time_cap, base_rss=base_rss)
@@ -179,21 +215,8 @@ def run_workload(loader: Loader, specs: list[PathSpec], workload: Workload | For
         tokenizer = load_tokenizer(loader.path)
     queries, documents, source = build_inputs(workload, tokenizer, data)
     max_doc = workload.tokens
-    results: dict[str, PathResult] = {}
-    runnable: list[PathSpec] = []
-    for spec in specs:
-        res = PathResult(spec.name, spec.describe())
-        results[spec.name] = res
-        lengths = [n for q, docs in zip(queries, documents)
-                   for n in prompt_lengths(tokenizer, q, docs, spec.block_size, max_doc)]
-        res.prompts, res.prompt_tokens = len(lengths), sum(lengths)
-        res.model_flops = sum(shape.flops(n) for n in lengths)
-        reason = _skip_reason(loader, spec, res, max(lengths), shape, peaks, time_cap)
-        if reason is not None:
-            res.status, res.reason = "skipped", reason
-            _log(f"{workload.name} {spec.name} skipped: {reason}")
-            continue
-        runnable.append(spec)
+    results, runnable = _plan(loader, specs, workload.name, shape, peaks, time_cap, lambda spec: [
+        n for q, docs in zip(queries, documents) for n in prompt_lengths(tokenizer, q, docs, spec.block_size, max_doc)])
     warm_q, warm_d = queries[:1], [documents[0][:2]]
     scorers = {}
     for spec in runnable:
@@ -203,19 +226,8 @@ def run_workload(loader: Loader, specs: list[PathSpec], workload: Workload | For
     for r in range(repeats):
         for spec in runnable:
             res = results[spec.name]
-            scorer = scorers[spec.name]
-            release_memory()  # every call starts from live memory only, whatever the path before it freed
-            with RssPeak() as rss:
-                start = time.perf_counter()
-                scores = scorer.score(queries, documents, max_doc)
-                elapsed = time.perf_counter() - start
-            res.times.append(round(elapsed, 4))
-            res.process_peak_rss_mb = max(res.process_peak_rss_mb, rss.peak / 2**20)
-            res.activation_rss_mb = max(res.activation_rss_mb, (rss.peak - rss.before) / 2**20)
-            res.model_rss_mb = loader.loaded_bytes.get(loader.key(spec), 0) / 2**20
-            res.peak_rss_mb = base_rss / 2**20 + res.model_rss_mb + res.activation_rss_mb
-            res.scores = scores
-            _log(f"{workload.name} {spec.name} repeat {r + 1}/{repeats}: {elapsed:.2f} s")
+            res.scores = _timed(res, loader, spec, base_rss, scorers[spec.name].score, queries, documents, max_doc)
+            _log(f"{workload.name} {spec.name} repeat {r + 1}/{repeats}: {res.times[-1]:.2f} s")
     if release_reference:
         for spec in runnable:
             loader.release(spec)
@@ -252,24 +264,12 @@ def run_forward_workload(loader: Loader, specs: list[PathSpec], workload: Forwar
     lbnl's paths run their engine's forward (:func:`lbnl.engine.decode`, or the transformers forward for
     ``hf``), the reference paths the official causal-LM forward, the peers their runtime's forward.
     """
-    from ..hardware import release_memory
     from ..model import special_token_ids
 
     tokenizer = loader.tokenizer()
     embed_id, rerank_id = special_token_ids(tokenizer)
     ids, read, source = forward_prompt(tokenizer, workload.tokens, data, embed_id, rerank_id)
-    results: dict[str, PathResult] = {}
-    runnable: list[PathSpec] = []
-    for spec in specs:
-        res = PathResult(spec.name, spec.describe())
-        results[spec.name] = res
-        res.prompts, res.prompt_tokens, res.model_flops = 1, len(ids), shape.flops(len(ids))
-        reason = _skip_reason(loader, spec, res, len(ids), shape, peaks, time_cap)
-        if reason is not None:
-            res.status, res.reason = "skipped", reason
-            _log(f"{workload.name} {spec.name} skipped: {reason}")
-            continue
-        runnable.append(spec)
+    results, runnable = _plan(loader, specs, workload.name, shape, peaks, time_cap, lambda spec: [len(ids)])
     scorers = {spec.name: loader.scorer(spec) for spec in runnable}
     warm = ids[:64]
     for scorer in scorers.values():
@@ -278,17 +278,8 @@ def run_forward_workload(loader: Loader, specs: list[PathSpec], workload: Forwar
     for r in range(repeats):
         for spec in runnable:
             res = results[spec.name]
-            release_memory()
-            with RssPeak() as rss:
-                start = time.perf_counter()
-                hidden[spec.name] = scorers[spec.name].hidden(ids, read)
-                elapsed = time.perf_counter() - start
-            res.times.append(round(elapsed, 4))
-            res.process_peak_rss_mb = max(res.process_peak_rss_mb, rss.peak / 2**20)
-            res.activation_rss_mb = max(res.activation_rss_mb, (rss.peak - rss.before) / 2**20)
-            res.model_rss_mb = loader.loaded_bytes.get(loader.key(spec), 0) / 2**20
-            res.peak_rss_mb = base_rss / 2**20 + res.model_rss_mb + res.activation_rss_mb
-            _log(f"{workload.name} {spec.name} repeat {r + 1}/{repeats}: {elapsed:.2f} s")
+            hidden[spec.name] = _timed(res, loader, spec, base_rss, scorers[spec.name].hidden, ids, read)
+            _log(f"{workload.name} {spec.name} repeat {r + 1}/{repeats}: {res.times[-1]:.2f} s")
     _finish(results, peaks, 1, len(ids), 1)
     if runnable:
         _log(f"{workload.name}: float32 reference hidden states")
