@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import native
+
 #: Scores held at once by the chunked attention kernel (bytes = 2 x this in bf16).
 CHUNK_SCORES = 1 << 25
 
@@ -66,8 +68,10 @@ INFERENCE_BLOCK = 128
 def _chunked_inference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
     """:func:`causal_attention_chunked` without gradients: blocks of query rows, and within a block one
     key/value head at a time (its group of query heads at once) as 2-D matmuls over contiguous keys and
-    values, so no key or value is copied and the scores are reused while in cache. Same arithmetic as
-    the batched form (bit-identical results), about 10% faster on an AVX512-BF16 CPU (docs/results.md)."""
+    values, so no key or value is copied and the scores are reused while in cache. In bf16 on a CPU the
+    mask and softmax are one native call (:mod:`lbnl.native`: its exponential differs from torch's by
+    about 2e-7 relative, so a probability moves by at most one bf16 rounding step); otherwise torch's
+    softmax, bit-identical to the batched form on Qwen3 shapes (docs/results.md)."""
     n, heads, dim = q.shape
     kv_heads, total, _ = k.shape
     group = heads // kv_heads
@@ -79,18 +83,22 @@ def _chunked_inference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale:
     scores = q.new_empty(group * block * total)
     probs = q.new_empty(group * block * total)
     head_out = q.new_empty(group * block, dim)
+    fused = q.dtype == torch.bfloat16 and q.device.type == "cpu" and native.available()
     for s in range(0, n, block):
         e = min(n, s + block)
         c, width = e - s, start + e
         qs = grouped[s:e].permute(1, 2, 0, 3).reshape(kv_heads, group * c, dim)
-        hidden = torch.ones(c, c, dtype=torch.bool, device=q.device).triu_(1)
+        hidden = None if fused else torch.ones(c, c, dtype=torch.bool, device=q.device).triu_(1)
         sc = scores[: group * c * width].view(group * c, width)
         p = probs[: group * c * width].view(group * c, width)
         o = head_out[: group * c]
         for h in range(kv_heads):
             torch.addmm(sc, qs[h], k[h, :width].t(), beta=0.0, alpha=scale, out=sc)
-            sc.view(group, c, width)[..., start + s:width].masked_fill_(hidden, float("-inf"))
-            torch.ops.aten._softmax.out(sc, -1, False, out=p)
+            if fused:
+                native.causal_softmax(sc, p, start + s, c)
+            else:
+                sc.view(group, c, width)[..., start + s:width].masked_fill_(hidden, float("-inf"))
+                torch.ops.aten._softmax.out(sc, -1, False, out=p)
             torch.mm(p, v[h, :width], out=o)
             out[s:e, h].copy_(o.view(group, c, dim).transpose(0, 1))
     return out.reshape(n, heads, dim)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from . import attention as attention_kernels
+from . import int8
 
 #: Backbone classes whose decoder layers :meth:`LBNLModel.encode` runs with its own loop.
 FAST_PATH_BACKBONES = frozenset({"LlamaModel", "MistralModel", "Qwen2Model", "Qwen3Model"})
@@ -168,7 +169,8 @@ def decode(
     norm only at those positions. Returns [tokens, hidden] (the selected tokens, row by row, when
     ``select`` is given) and, with ``keep_kv``, every layer's keys and values of the new tokens.
     ``compiled`` runs the norms and the SiLU product through ``torch.compile``; ``attention``
-    (``sdpa`` or ``chunked``) picks the causal attention kernel of the full layers.
+    (``sdpa``, ``chunked`` or ``int8``) picks the causal attention kernel of the full layers. Layers
+    converted by :mod:`lbnl.int8` quantize the input of their query, key and value projections once.
     """
     F = torch.nn.functional
     device = backbone.get_input_embeddings().weight.device
@@ -192,7 +194,7 @@ def decode(
     layers = backbone.layers
     for i, layer in enumerate(layers):
         attn = layer.self_attn
-        x = _norm(layer.input_layernorm, hidden, compiled)
+        x = int8.shared_input(attn, _norm(layer.input_layernorm, hidden, compiled))
         k = _heads(attn, attn.k_proj, "k_norm", x, cos, sin, compiled)
         v = attn.v_proj(x).view(1, x.shape[1], -1, attn.head_dim).transpose(1, 2)
         if keep_kv:
@@ -217,9 +219,10 @@ def decode(
                 outs.append(F.scaled_dot_product_attention(qs, ks, vs, attn_mask=visible, scale=attn.scaling,
                                                            enable_gqa=gqa))
                 continue
-            if attention == "chunked":
+            if attention in ("chunked", "int8"):
                 rows_q = q[0, :, bounds[r]:bounds[r + 1]].transpose(0, 1)
-                chunked = attention_kernels.causal_attention_chunked(rows_q, ks[0].contiguous(), vs[0].contiguous(), attn.scaling)
+                kernel = int8.causal_attention_int8 if attention == "int8" else attention_kernels.causal_attention_chunked
+                chunked = kernel(rows_q, ks[0].contiguous(), vs[0].contiguous(), attn.scaling)
                 outs.append(chunked.transpose(0, 1).unsqueeze(0))
                 continue
             qs = q[:, :, bounds[r]:bounds[r + 1]]
