@@ -109,3 +109,16 @@ def test_path_specs() -> None:
 def test_bad_arguments_exit_with_a_message(tiny_checkpoint: Path) -> None:
     proc = run("--model", str(tiny_checkpoint), "--workload", "1x2")
     assert proc.returncode == 2 and "error: workload" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_rss_peak_sees_a_freed_allocation() -> None:
+    from lbnl.bench.memory import RssPeak
+
+    with RssPeak() as meter:
+        block = bytearray(64 * 2**20)
+        block[:: 4096] = b"x" * len(block[:: 4096])  # touch every page
+        del block
+    assert meter.peak - meter.before >= 60 * 2**20
+    with RssPeak() as again:  # the peak restarts at the current RSS
+        pass
+    assert again.peak - again.before < 32 * 2**20
