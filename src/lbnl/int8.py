@@ -120,9 +120,20 @@ class QuantizedRows:
         return QuantizedRows(self.values[index], self.scale[index], self.dtype)
 
 
-def quantize_rows(x: torch.Tensor, compiled: bool = True) -> QuantizedRows:
-    """``x`` quantized per token (its last dimension), for one or more :class:`Int8Linear` layers."""
-    values, scale = kernel("quantize", compiled)(x)
+def _native(x: torch.Tensor) -> bool:
+    """Whether :mod:`lbnl.native` computes this tensor's elementwise work (bf16 on a CPU, kernels built)."""
+    return x.dtype == torch.bfloat16 and x.device.type == "cpu" and native.available()
+
+
+def quantize_rows(x: torch.Tensor, compiled: bool = True, inverse: torch.Tensor | None = None) -> QuantizedRows:
+    """``x`` quantized per token (its last dimension), for one or more :class:`Int8Linear` layers; with
+    ``inverse``, ``x * inverse`` (per-channel smoothing)."""
+    if _native(x):
+        values, scale = native.quantize_rows(x, inverse)
+    elif inverse is None:
+        values, scale = kernel("quantize", compiled)(x)
+    else:
+        values, scale = kernel("quantize_smoothed", compiled)(x, inverse)
     return QuantizedRows(values, scale, x.dtype)
 
 
@@ -159,10 +170,7 @@ class Int8Linear(nn.Module):
 
     def quantize(self, x: torch.Tensor) -> QuantizedRows:
         """``x`` quantized per token for this layer (smoothed first when the layer has a smoothing)."""
-        if self.inverse is None:
-            return quantize_rows(x, self.compiled)
-        values, scale = kernel("quantize_smoothed", self.compiled)(x, self.inverse)
-        return QuantizedRows(values, scale, x.dtype)
+        return quantize_rows(x, self.compiled, self.inverse)
 
     def matmul(self, x: QuantizedRows) -> torch.Tensor:
         """int32 products [tokens, out] of already quantized rows (any leading shape, flattened)."""
@@ -170,8 +178,11 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor | QuantizedRows) -> torch.Tensor:
         rows = x if isinstance(x, QuantizedRows) else self.quantize(x)
-        out = kernel("dequantize", self.compiled)(self.matmul(rows), rows.scale.reshape(-1, 1), self.weight_scale,
-                                                  rows.dtype)
+        acc = self.matmul(rows)
+        if rows.dtype == torch.bfloat16 and native.available():
+            out = native.dequantize(acc, rows.scale, self.weight_scale)
+        else:
+            out = kernel("dequantize", self.compiled)(acc, rows.scale.reshape(-1, 1), self.weight_scale, rows.dtype)
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
         return out.view(*rows.shape[:-1], self.out_features)
@@ -196,9 +207,13 @@ class Int8GatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor | QuantizedRows) -> torch.Tensor:
         rows = x if isinstance(x, QuantizedRows) else self.gate_up.quantize(x)
-        mid, scale = kernel("silu_mul_quantize", self.compiled)(
-            self.gate_up.matmul(rows), rows.scale.reshape(-1, 1), self.gate_up.weight_scale, self.mid_inverse,
-            rows.dtype)
+        acc = self.gate_up.matmul(rows)
+        if rows.dtype == torch.bfloat16 and native.available():
+            mid, scale = native.silu_mul_quantize(acc, rows.scale, self.gate_up.weight_scale, self.mid_inverse)
+        else:
+            mid, scale = kernel("silu_mul_quantize", self.compiled)(acc, rows.scale.reshape(-1, 1),
+                                                                    self.gate_up.weight_scale, self.mid_inverse,
+                                                                    rows.dtype)
         return self.down_proj(QuantizedRows(mid.view(*rows.shape[:-1], -1), scale.view(*rows.shape[:-1], 1),
                                             rows.dtype))
 
@@ -337,7 +352,7 @@ def causal_attention_int8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sca
     out = q.new_empty(n, kv_heads, group, dim)
     fused = q.dtype == torch.bfloat16 and q.device.type == "cpu" and native.available()
     softmax = kernel("scores_softmax", compiled)
-    quantize = kernel("quantize", compiled)
+    quantize = native.quantize_rows if fused else kernel("quantize", compiled)
     rows = torch.arange(block, device=q.device)
     probs = q.new_empty(group * block * total)
     for s in range(0, n, block):

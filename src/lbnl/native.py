@@ -87,6 +87,22 @@ inline __m256i to_bf16x16(__m512 v) {
   bits = _mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF)));
   return _mm512_cvtepi32_epi16(_mm512_srli_epi32(bits, 16));
 }
+
+inline __m512 round_bf16x16(__m512 v) {  // to bf16 (nearest even) and back to float
+  __m512i bits = _mm512_castps_si512(v);
+  __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  bits = _mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF)));
+  return _mm512_castsi512_ps(_mm512_and_si512(bits, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
+}
+
+inline __m512 exp16_any(__m512 x) {  // any x: the exponent is clamped to the normal range
+  return exp16(_mm512_min_ps(x, _mm512_set1_ps(87.0f)));
+}
+
+inline __m512 load_bf16x16(const uint16_t* p) {
+  __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+}
 #endif
 
 // One row: buf[0, valid) holds the (scaled) scores in float32; writes probabilities as bf16 to out[0, width).
@@ -188,11 +204,148 @@ void causal_softmax_int32(const torch::Tensor& acc, const torch::Tensor& row_sca
   });
 }
 
+// ---- int8 matmul helpers (lbnl.int8), bf16 activations ----
+
+inline float exp_any(float x) {
+  float t = std::fmin(std::fmax(x * kLog2e, -126.0f), 126.0f);
+  float n = std::nearbyint(t);
+  float f = t - n;
+  float p = 1.0f + f * (kC1 + f * (kC2 + f * (kC3 + f * (kC4 + f * (kC5 + f * kC6)))));
+  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, 4);
+  return p * scale;
+}
+
+inline float round_bf16(float v) { return bf16_to_float(float_to_bf16(v)); }
+
+// Quantize one row of floats in buf[0, k) to int8 with a symmetric scale; returns the scale.
+inline float quantize_row(const float* buf, int64_t k, int8_t* out) {
+  float amax = 0.0f;
+  int64_t j = 0;
+#ifdef LBNL_AVX512
+  __m512 va = _mm512_setzero_ps();
+  for (; j + 16 <= k; j += 16) va = _mm512_max_ps(va, _mm512_abs_ps(_mm512_loadu_ps(buf + j)));
+  amax = _mm512_reduce_max_ps(va);
+#endif
+  for (; j < k; ++j) amax = std::fmax(amax, std::fabs(buf[j]));
+  const float scale = std::fmax(amax, 1e-12f) / 127.0f;
+  const float inv = 1.0f / scale;
+  j = 0;
+#ifdef LBNL_AVX512
+  __m512 vinv = _mm512_set1_ps(inv);
+  for (; j + 16 <= k; j += 16) {
+    __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(buf + j), vinv));  // nearest even
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + j), _mm512_cvtsepi32_epi8(q));
+  }
+#endif
+  for (; j < k; ++j) out[j] = static_cast<int8_t>(std::nearbyint(buf[j] * inv));
+  return scale;
+}
+
+std::vector<torch::Tensor> quantize_rows_bf16(const torch::Tensor& x, const torch::Tensor& inverse) {
+  TORCH_CHECK(x.scalar_type() == torch::kBFloat16 && x.dim() == 2 && x.is_contiguous(), "contiguous bf16 [rows, k]");
+  const int64_t rows = x.size(0), k = x.size(1);
+  const bool smooth = inverse.numel() > 0;
+  TORCH_CHECK(!smooth || (inverse.scalar_type() == torch::kFloat && inverse.numel() == k && inverse.is_contiguous()),
+              "one float32 factor per column");
+  auto q = torch::empty({rows, k}, x.options().dtype(torch::kChar));
+  auto scale = torch::empty({rows, 1}, x.options().dtype(torch::kFloat));
+  const uint16_t* in = reinterpret_cast<const uint16_t*>(x.data_ptr());
+  const float* inv = smooth ? inverse.data_ptr<float>() : nullptr;
+  int8_t* qo = q.data_ptr<int8_t>();
+  float* so = scale.data_ptr<float>();
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> buf(k);
+    for (int64_t r = begin; r < end; ++r) {
+      const uint16_t* row = in + r * k;
+      int64_t j = 0;
+#ifdef LBNL_AVX512
+      for (; j + 16 <= k; j += 16) {
+        __m512 v = load_bf16x16(row + j);
+        _mm512_storeu_ps(buf.data() + j, smooth ? _mm512_mul_ps(v, _mm512_loadu_ps(inv + j)) : v);
+      }
+#endif
+      for (; j < k; ++j) buf[j] = smooth ? bf16_to_float(row[j]) * inv[j] : bf16_to_float(row[j]);
+      so[r] = quantize_row(buf.data(), k, qo + r * k);
+    }
+  });
+  return {q, scale};
+}
+
+torch::Tensor dequantize_bf16(const torch::Tensor& acc, const torch::Tensor& row_scale, const torch::Tensor& col_scale) {
+  TORCH_CHECK(acc.scalar_type() == torch::kInt && acc.dim() == 2 && acc.is_contiguous(), "contiguous int32 [rows, n]");
+  const int64_t rows = acc.size(0), n = acc.size(1);
+  TORCH_CHECK(row_scale.numel() == rows && col_scale.numel() == n && row_scale.is_contiguous() &&
+              col_scale.is_contiguous(), "one float32 scale per row and per column");
+  auto out = torch::empty({rows, n}, acc.options().dtype(torch::kBFloat16));
+  const int32_t* in = acc.data_ptr<int32_t>();
+  const float* rs = row_scale.data_ptr<float>();
+  const float* cs = col_scale.data_ptr<float>();
+  uint16_t* o = reinterpret_cast<uint16_t*>(out.data_ptr());
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int32_t* row = in + r * n;
+      uint16_t* orow = o + r * n;
+      const float s = rs[r];
+      for (int64_t j = 0; j < n; ++j) orow[j] = float_to_bf16(static_cast<float>(row[j]) * s * cs[j]);
+    }
+  });
+  return out;
+}
+
+std::vector<torch::Tensor> silu_mul_quantize_bf16(const torch::Tensor& acc, const torch::Tensor& row_scale,
+                                                  const torch::Tensor& col_scale, const torch::Tensor& inverse) {
+  TORCH_CHECK(acc.scalar_type() == torch::kInt && acc.dim() == 2 && acc.is_contiguous(), "contiguous int32 [rows, 2i]");
+  const int64_t rows = acc.size(0), half = acc.size(1) / 2;
+  TORCH_CHECK(row_scale.numel() == rows && col_scale.numel() == 2 * half && inverse.numel() == half,
+              "scales per row and column, factors per output column");
+  auto q = torch::empty({rows, half}, acc.options().dtype(torch::kChar));
+  auto scale = torch::empty({rows, 1}, acc.options().dtype(torch::kFloat));
+  const int32_t* in = acc.data_ptr<int32_t>();
+  const float* rs = row_scale.data_ptr<float>();
+  const float* cs = col_scale.data_ptr<float>();
+  const float* inv = inverse.data_ptr<float>();
+  int8_t* qo = q.data_ptr<int8_t>();
+  float* so = scale.data_ptr<float>();
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> buf(half);
+    for (int64_t r = begin; r < end; ++r) {
+      const int32_t* gate = in + r * 2 * half;
+      const int32_t* up = gate + half;
+      const float s = rs[r];
+      int64_t j = 0;
+#ifdef LBNL_AVX512
+      const __m512 vs = _mm512_set1_ps(s), one = _mm512_set1_ps(1.0f);
+      for (; j + 16 <= half; j += 16) {
+        __m512 g = round_bf16x16(_mm512_mul_ps(_mm512_mul_ps(
+            _mm512_cvtepi32_ps(_mm512_loadu_si512(gate + j)), vs), _mm512_loadu_ps(cs + j)));
+        __m512 u = round_bf16x16(_mm512_mul_ps(_mm512_mul_ps(
+            _mm512_cvtepi32_ps(_mm512_loadu_si512(up + j)), vs), _mm512_loadu_ps(cs + half + j)));
+        __m512 a = round_bf16x16(_mm512_div_ps(g, _mm512_add_ps(one, exp16_any(_mm512_sub_ps(_mm512_setzero_ps(), g)))));
+        _mm512_storeu_ps(buf.data() + j, _mm512_mul_ps(round_bf16x16(_mm512_mul_ps(a, u)), _mm512_loadu_ps(inv + j)));
+      }
+#endif
+      for (; j < half; ++j) {
+        const float g = round_bf16(static_cast<float>(gate[j]) * s * cs[j]);
+        const float u = round_bf16(static_cast<float>(up[j]) * s * cs[half + j]);
+        const float a = round_bf16(g / (1.0f + exp_any(-g)));
+        buf[j] = round_bf16(a * u) * inv[j];
+      }
+      so[r] = quantize_row(buf.data(), half, qo + r * half);
+    }
+  });
+  return {q, scale};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("causal_softmax_bf16", &causal_softmax_bf16);
   m.def("causal_softmax_int32", &causal_softmax_int32);
+  m.def("quantize_rows_bf16", &quantize_rows_bf16);
+  m.def("dequantize_bf16", &dequantize_bf16);
+  m.def("silu_mul_quantize_bf16", &silu_mul_quantize_bf16);
 }
 """
 
@@ -225,7 +378,7 @@ def _build() -> Any:
             f.write(_SOURCE)
         os.replace(source + ".tmp", source)
     return load(name=name, sources=[source], build_directory=root,
-                extra_cflags=["-O3", "-march=native", "-fno-math-errno"], verbose=False)
+                extra_cflags=["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math"], verbose=False)
 
 
 def module() -> Any | None:
@@ -260,3 +413,25 @@ def causal_softmax_int32(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: 
     """:func:`causal_softmax` of int32 scores ``acc * row_scale[r] * col_scale[c]`` (float32 scales)."""
     module().causal_softmax_int32(acc, row_scale, col_scale, out, base, period)
     return out
+
+
+def quantize_rows(x: torch.Tensor, inverse: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row symmetric int8 of bf16 ``x`` [..., k] (times ``inverse`` per column first, when given):
+    ``(int8 [..., k], float32 scale [..., 1])``, as :func:`lbnl.int8.quantize_rows` computes it."""
+    flat = x.reshape(-1, x.shape[-1]).contiguous()
+    empty = flat.new_empty(0, dtype=torch.float32)
+    q, scale = module().quantize_rows_bf16(flat, empty if inverse is None else inverse)
+    return q.view(x.shape), scale.view(*x.shape[:-1], 1)
+
+
+def dequantize(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor) -> torch.Tensor:
+    """bf16 ``acc * row_scale[r] * col_scale[c]`` of int32 products [rows, n] (float32 scales)."""
+    return module().dequantize_bf16(acc.contiguous(), row_scale.reshape(-1).contiguous(), col_scale.contiguous())
+
+
+def silu_mul_quantize(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor, inverse: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The int8 gated MLP's middle (:func:`lbnl.int8._silu_mul_quantize` in bf16): int32 gate/up products
+    [rows, 2i] to the down projection's int8 input [rows, i] and its per-row scale [rows, 1]."""
+    return tuple(module().silu_mul_quantize_bf16(acc.contiguous(), row_scale.reshape(-1).contiguous(),
+                                                 col_scale.contiguous(), inverse.contiguous()))
