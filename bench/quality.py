@@ -36,7 +36,7 @@ def evaluate(model: str, block_size: int, weights: str, data: Path, args: argpar
 
     dtype, quantize, attention = WEIGHTS[weights]
     reranker = Reranker.from_pretrained(model, device="cpu", block_size=block_size, dtype=dtype, quantize=quantize,
-                                        fuse_bm25=None)
+                                        fusion=None)
     reranker.model.attention = attention
     label = f"lbnl:{Path(model).name}@{block_size}+{weights}"
     scorer = LBNLScorer(reranker, name=label, max_doc_length=args.max_doc_length)
