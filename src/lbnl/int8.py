@@ -11,10 +11,11 @@ Attention can run its score matmul in int8 too (:func:`causal_attention_int8`, a
 keys minus their mean over tokens, which leaves the softmax unchanged, then per-token scales for
 queries and keys); the probabilities times values stay in the model's dtype.
 
-Elementwise kernels go through ``torch.compile`` when it works on this machine (it needs a C++
-compiler), else run eagerly; results agree up to float rounding. In bf16 the attention's dequantization,
-mask and softmax are one call of :mod:`lbnl.native`. The projector and every norm stay in
-the model's float dtype. Scores move: docs/performance.md says what this costs in ranking quality.
+In bf16 on a CPU the elementwise passes (quantize, dequantize, the MLP's middle, the attention's
+dequantization, mask and softmax) are :mod:`lbnl.native` kernels; elsewhere, or where those cannot be
+built, they go through ``torch.compile`` when it works here (it needs a C++ compiler), else run eagerly;
+results agree up to float rounding. The projector and every norm stay in the model's float dtype.
+Scores move: docs/results.md ("int8 matmuls") says by how much.
 """
 
 from __future__ import annotations
@@ -120,9 +121,13 @@ class QuantizedRows:
         return QuantizedRows(self.values[index], self.scale[index], self.dtype)
 
 
+def _native_dtype(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether :mod:`lbnl.native` computes elementwise work of this dtype and device (bf16 on a CPU, kernels built)."""
+    return dtype == torch.bfloat16 and device.type == "cpu" and native.available()
+
+
 def _native(x: torch.Tensor) -> bool:
-    """Whether :mod:`lbnl.native` computes this tensor's elementwise work (bf16 on a CPU, kernels built)."""
-    return x.dtype == torch.bfloat16 and x.device.type == "cpu" and native.available()
+    return _native_dtype(x.dtype, x.device)
 
 
 def quantize_rows(x: torch.Tensor, compiled: bool = True, inverse: torch.Tensor | None = None) -> QuantizedRows:
@@ -179,7 +184,7 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor | QuantizedRows) -> torch.Tensor:
         rows = x if isinstance(x, QuantizedRows) else self.quantize(x)
         acc = self.matmul(rows)
-        if rows.dtype == torch.bfloat16 and native.available():
+        if _native_dtype(rows.dtype, acc.device):
             out = native.dequantize(acc, rows.scale, self.weight_scale)
         else:
             out = kernel("dequantize", self.compiled)(acc, rows.scale.reshape(-1, 1), self.weight_scale, rows.dtype)
@@ -208,7 +213,7 @@ class Int8GatedMLP(nn.Module):
     def forward(self, x: torch.Tensor | QuantizedRows) -> torch.Tensor:
         rows = x if isinstance(x, QuantizedRows) else self.gate_up.quantize(x)
         acc = self.gate_up.matmul(rows)
-        if rows.dtype == torch.bfloat16 and native.available():
+        if _native_dtype(rows.dtype, acc.device):
             mid, scale = native.silu_mul_quantize(acc, rows.scale, self.gate_up.weight_scale, self.mid_inverse)
         else:
             mid, scale = kernel("silu_mul_quantize", self.compiled)(acc, rows.scale.reshape(-1, 1),
@@ -350,7 +355,7 @@ def causal_attention_int8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sca
     grouped = q.reshape(n, kv_heads, group, dim)
     v = v.contiguous()
     out = q.new_empty(n, kv_heads, group, dim)
-    fused = q.dtype == torch.bfloat16 and q.device.type == "cpu" and native.available()
+    fused = _native(q)
     softmax = kernel("scores_softmax", compiled)
     quantize = native.quantize_rows if fused else kernel("quantize", compiled)
     rows = torch.arange(block, device=q.device)
