@@ -24,7 +24,8 @@ from lbnl.bench import find_scifact
 #: weights setting -> (dtype, quantization, attention kernel of the fast path)
 WEIGHTS = {"float32": ("float32", None, "auto"), "bfloat16": ("bfloat16", None, "auto"),
            "bfloat16-sdpa": ("bfloat16", None, "sdpa"), "bfloat16-chunked": ("bfloat16", None, "chunked"),
-           "int8": ("float32", "int8", "auto")}
+           "int8": ("bfloat16", "int8", "auto"), "int8-attn": ("bfloat16", "int8", "int8"),
+           "int8-dynamic": ("float32", "int8-dynamic", "auto")}
 
 
 def evaluate(model: str, block_size: int, weights: str, data: Path, args: argparse.Namespace) -> dict:
@@ -35,7 +36,7 @@ def evaluate(model: str, block_size: int, weights: str, data: Path, args: argpar
 
     dtype, quantize, attention = WEIGHTS[weights]
     reranker = Reranker.from_pretrained(model, device="cpu", block_size=block_size, dtype=dtype, quantize=quantize,
-                                        fuse_bm25=None)
+                                        fusion=None)
     reranker.model.attention = attention
     label = f"lbnl:{Path(model).name}@{block_size}+{weights}"
     scorer = LBNLScorer(reranker, name=label, max_doc_length=args.max_doc_length)
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--block-sizes", default="125,32,16,8")
     parser.add_argument("--weights", default="float32,bfloat16,int8",
                         help="comma-separated: float32, bfloat16 (fast with AMX or AVX512-BF16; bfloat16-sdpa and "
-                             "bfloat16-chunked force the attention kernel), int8 (dynamic, float32 activations)")
+                             "bfloat16-chunked force the attention kernel), int8 (int8 matmuls on bf16, lbnl.int8), "
+                             "int8-attn (the same plus int8 attention scores), int8-dynamic (torch.ao, float32)")
     parser.add_argument("--top-k", type=int, default=100, help="BM25 hits reranked per query (default 100)")
     parser.add_argument("--max-doc-length", type=int, default=2048, help="tokens kept per document (default 2048)")
     parser.add_argument("--max-queries", type=int, default=None, help="seeded sample of test queries (default all 300)")

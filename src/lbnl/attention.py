@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import native
+
 #: Scores held at once by the chunked attention kernel (bytes = 2 x this in bf16).
 CHUNK_SCORES = 1 << 25
 
@@ -37,14 +39,12 @@ def causal_attention_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     n, heads, dim = q.shape
     kv_heads, total, _ = k.shape
     group = heads // kv_heads
+    track = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if not track:
+        return _chunked_inference(q, k, v, scale)
     start = total - n
     block = max(16, min(256, CHUNK_SCORES // max(1, heads * total)))
     grouped = q.reshape(n, kv_heads, group, dim)
-    track = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    if not track:
-        out = q.new_empty(n, kv_heads, group, dim)
-        scores = q.new_empty(heads * block * total)
-        probs = q.new_empty(heads * block * total)
     pieces = []
     for s in range(0, n, block):
         e = min(n, s + block)
@@ -52,20 +52,55 @@ def causal_attention_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         qs = grouped[s:e].permute(1, 2, 0, 3).reshape(kv_heads, group * c, dim)
         keys = k[:, :width].transpose(1, 2)
         hidden = torch.ones(c, c, dtype=torch.bool, device=q.device).triu_(1)
-        if track:
-            sc = torch.baddbmm(qs.new_zeros(1, 1, 1), qs, keys, beta=0.0, alpha=scale)
-            blind = torch.cat([hidden.new_zeros(c, start + s), hidden], dim=1)
-            p = torch.softmax(sc.view(kv_heads, group, c, width).masked_fill(blind, float("-inf")), dim=-1)
-            pieces.append(torch.bmm(p.view(kv_heads, group * c, width), v[:, :width]))
-            continue
-        sc = scores[: heads * c * width].view(kv_heads, group * c, width)
-        sc.baddbmm_(qs, keys, beta=0.0, alpha=scale)
-        sc.view(kv_heads, group, c, width)[..., start + s:width].masked_fill_(hidden, float("-inf"))
-        p = probs[: heads * c * width].view(kv_heads, group * c, width)
-        torch.ops.aten._softmax.out(sc, -1, False, out=p)
-        out[s:e].copy_(torch.bmm(p, v[:, :width]).view(kv_heads, group, c, dim).permute(2, 0, 1, 3))
-    if track:
-        out = torch.cat([x.view(kv_heads, group, -1, dim) for x in pieces], dim=2).permute(2, 0, 1, 3)
+        sc = torch.baddbmm(qs.new_zeros(1, 1, 1), qs, keys, beta=0.0, alpha=scale)
+        blind = torch.cat([hidden.new_zeros(c, start + s), hidden], dim=1)
+        p = torch.softmax(sc.view(kv_heads, group, c, width).masked_fill(blind, float("-inf")), dim=-1)
+        pieces.append(torch.bmm(p.view(kv_heads, group * c, width), v[:, :width]))
+    out = torch.cat([x.view(kv_heads, group, -1, dim) for x in pieces], dim=2).permute(2, 0, 1, 3)
+    return out.reshape(n, heads, dim)
+
+
+#: Query rows per block of the inference kernel: small enough that one key/value head's scores of a block
+#: stay in the CPU's caches between the score matmul, the softmax and the value matmul.
+INFERENCE_BLOCK = 128
+
+
+def _chunked_inference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """:func:`causal_attention_chunked` without gradients: blocks of query rows, and within a block one
+    key/value head at a time (its group of query heads at once) as 2-D matmuls over contiguous keys and
+    values, so no key or value is copied and the scores are reused while in cache. In bf16 on a CPU the
+    mask and softmax are one native call (:mod:`lbnl.native`: its exponential differs from torch's by
+    about 2e-7 relative, so a probability moves by at most one bf16 rounding step); otherwise torch's
+    softmax, bit-identical to the batched form on Qwen3 shapes (docs/results.md)."""
+    n, heads, dim = q.shape
+    kv_heads, total, _ = k.shape
+    group = heads // kv_heads
+    start = total - n
+    block = max(16, min(INFERENCE_BLOCK, CHUNK_SCORES // max(1, group * total)))
+    grouped = q.reshape(n, kv_heads, group, dim)
+    k, v = k.contiguous(), v.contiguous()
+    out = q.new_empty(n, kv_heads, group, dim)
+    scores = q.new_empty(group * block * total)
+    probs = q.new_empty(group * block * total)
+    head_out = q.new_empty(group * block, dim)
+    fused = q.dtype == torch.bfloat16 and q.device.type == "cpu" and native.available()
+    for s in range(0, n, block):
+        e = min(n, s + block)
+        c, width = e - s, start + e
+        qs = grouped[s:e].permute(1, 2, 0, 3).reshape(kv_heads, group * c, dim)
+        hidden = None if fused else torch.ones(c, c, dtype=torch.bool, device=q.device).triu_(1)
+        sc = scores[: group * c * width].view(group * c, width)
+        p = probs[: group * c * width].view(group * c, width)
+        o = head_out[: group * c]
+        for h in range(kv_heads):
+            torch.addmm(sc, qs[h], k[h, :width].t(), beta=0.0, alpha=scale, out=sc)
+            if fused:
+                native.causal_softmax(sc, p, start + s, c)
+            else:
+                sc.view(group, c, width)[..., start + s:width].masked_fill_(hidden, float("-inf"))
+                torch.ops.aten._softmax.out(sc, -1, False, out=p)
+            torch.mm(p, v[h, :width], out=o)
+            out[s:e, h].copy_(o.view(group, c, dim).transpose(0, 1))
     return out.reshape(n, heads, dim)
 
 

@@ -1,5 +1,5 @@
 """What the machine can do and how to run on it: device and dtype choice, CPU features, speed presets,
-int8 weights, the attention kernel, and the C allocator's handling of large tensors.
+quantization, the attention kernel, and the C allocator's handling of large tensors.
 
 Allocator tuning is process-wide, so the library never does it on its own: entry points that own
 their process (the CLI, the server, the benchmark, a training run) call :func:`tune_allocator`.
@@ -63,10 +63,16 @@ def cpu_has_fast_bf16() -> bool:
     return cpu_has_amx() or _has("_is_avx512_bf16_supported", "avx512_bf16")
 
 
+def cpu_has_vnni() -> bool:
+    """True when this CPU multiplies int8 natively (AVX512-VNNI, AVX-VNNI or AMX-INT8): what makes
+    :mod:`lbnl.int8` faster than bf16."""
+    return _has("_is_vnni_supported", "vnni") or "amx_int8" in _cpuinfo()
+
+
 def cpu_features() -> dict[str, Any]:
     """What torch reports of this CPU, for benchmark and log records."""
     return {"capability": torch.backends.cpu.get_cpu_capability(), "amx": cpu_has_amx(),
-            "fast_bf16": cpu_has_fast_bf16(), "cores": os.cpu_count()}
+            "fast_bf16": cpu_has_fast_bf16(), "vnni": cpu_has_vnni(), "cores": os.cpu_count()}
 
 
 # --- device and dtype ---------------------------------------------------------------------------
@@ -118,6 +124,19 @@ class Preset:
     description: str = ""
 
 
+#: ``Reranker.from_pretrained(..., quantize=name)``: what each quantization does.
+QUANTIZATIONS = {
+    "int8": "int8 weights (per output channel) and int8 activations (per token) in the decoder's matmuls, "
+            "int32 accumulation, everything else in the model's float dtype (lbnl.int8); fast on CPUs with VNNI",
+    "int8-dynamic": "torch.ao dynamic quantization of a float32 model's linear layers (fbgemm: int8 weights, "
+                    "activations quantized per tensor per call)",
+}
+
+#: Whether ``fastest`` picks :mod:`lbnl.int8` on CPUs with VNNI and fast bf16. Off until its ranking quality
+#: is measured to be within 0.005 nDCG@10 of bf16 (docs/results.md, "int8 matmuls"); score agreement alone
+#: does not decide it.
+FASTEST_USES_INT8 = False
+
 #: ``Reranker.from_pretrained(..., preset=name)``. Only ``default`` reproduces the official scores;
 #: see docs/performance.md for what the others cost in speed and ranking quality.
 PRESETS: dict[str, Preset] = {
@@ -137,48 +156,85 @@ def preset(name: str | None) -> Preset:
 
 def fastest_weights(device: str | torch.device | None, dtype: str | torch.dtype | None) -> tuple[str | None, Any]:
     """``(quantize, dtype)`` of the ``fastest`` preset: bf16 where it is native (GPUs, AMX / AVX512-BF16
-    CPUs), int8 dynamic quantization of a float32 model on other CPUs; an explicit ``dtype`` is kept."""
+    CPUs; with :data:`FASTEST_USES_INT8`, :mod:`lbnl.int8` on such CPUs that have VNNI), int8 dynamic
+    quantization of a float32 model on other CPUs; an explicit ``dtype`` is kept."""
     on_cpu = resolve_device(device).type == "cpu"
     if dtype is not None:
-        return ("int8" if on_cpu and str(dtype).removeprefix("torch.") in ("float32", "fp32", "float") else None), dtype
-    if not on_cpu or cpu_has_fast_bf16():
+        float32 = str(dtype).removeprefix("torch.") in ("float32", "fp32", "float")
+        return ("int8-dynamic" if on_cpu and float32 else None), dtype
+    if not on_cpu:
         return None, "bfloat16"
-    return "int8", None
+    if cpu_has_fast_bf16():
+        return ("int8" if FASTEST_USES_INT8 and cpu_has_vnni() else None), "bfloat16"
+    return "int8-dynamic", None
 
 
 def weight_plan(quantize: str | None, device: str | torch.device | None,
                 dtype: str | torch.dtype | None) -> tuple[str | None, Any]:
-    """``(quantize, dtype)`` to load with: ``auto`` resolved as :func:`fastest_weights`, int8 loading float32."""
+    """``(quantize, dtype)`` to load with: ``auto`` resolved as :func:`fastest_weights`; ``int8-dynamic``
+    loads float32, ``int8`` the usual dtype (bf16 where it is fast)."""
     if quantize == "auto":
         quantize, dtype = fastest_weights(device, dtype)
     if quantize == "none":
         quantize = None
-    if quantize not in (None, "int8"):
-        raise InvalidInputError(f"unknown quantization {quantize!r}; use int8 or none")
-    if quantize == "int8" and dtype is None:
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise InvalidInputError(f"unknown quantization {quantize!r}; use {', '.join(QUANTIZATIONS)} or none")
+    if quantize == "int8-dynamic" and dtype is None:
         dtype = "float32"
     return quantize, dtype
 
 
-def quantize_int8(model: Any) -> Any:
+def quantize_model(model: Any, quantize: str | None) -> Any:
+    """Apply a quantization of :data:`QUANTIZATIONS` to a loaded model, in place (``None``: nothing)."""
+    if quantize == "int8":
+        return quantize_int8(model)
+    if quantize == "int8-dynamic":
+        return quantize_int8_dynamic(model)
+    if quantize is not None:
+        raise InvalidInputError(f"unknown quantization {quantize!r}; use {', '.join(QUANTIZATIONS)} or none")
+    return model
+
+
+def quantize_int8(model: Any, compiled: bool = True) -> Any:
+    """Run the decoder's matmuls in int8 (:mod:`lbnl.int8`: int8 weights per output channel, int8 activations
+    per token), in place; the model keeps its float dtype for everything else (CPU only).
+
+    ``compiled`` fuses the quantization passes with ``torch.compile`` where a C++ compiler is available.
+    Scores move: measure the ranking quality before relying on it (docs/results.md).
+    """
+    from .int8 import convert_linears
+
+    if model.device.type != "cpu":
+        raise InvalidInputError("int8 matmuls run on the CPU only (device='cpu')")
+    if not model.fast_path:
+        raise InvalidInputError("int8 matmuls need a backbone lbnl's fast path runs (Llama, Mistral, Qwen2, Qwen3)")
+    convert_linears(model.backbone, compiled)
+    model.quantized = "int8"
+    return model
+
+
+def quantize_int8_dynamic(model: Any) -> Any:
     """Replace the decoder's linear layers by int8 dynamically quantized ones, in place (CPU, float32 only).
 
-    Weights are stored in int8 and activations quantized per call (fbgemm); the projector stays in
-    float32. Scores move: measure the ranking quality before relying on it (docs/performance.md).
+    Weights are stored in int8 and activations quantized per call with one scale per tensor (fbgemm);
+    the projector stays in float32. Slower than :func:`quantize_int8` on CPUs with fast bf16 and it
+    moved scores more (docs/results.md).
     """
     if model.device.type != "cpu" or model.dtype != torch.float32:
-        raise InvalidInputError("int8 quantization needs a float32 model on the CPU (use dtype='float32', device='cpu')")
+        raise InvalidInputError("int8 dynamic quantization needs a float32 model on the CPU "
+                                "(use dtype='float32', device='cpu')")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.ao.quantization.quantize_dynamic(model.backbone, {nn.Linear}, dtype=torch.qint8, inplace=True)
-    model.quantized = "int8"
+    model.quantized = "int8-dynamic"
     return model
 
 
 # --- attention kernel ---------------------------------------------------------------------------
 
-#: ``LBNLModel.attention``: how the fast path computes causal self-attention.
-ATTENTION_KERNELS = ("auto", "sdpa", "chunked")
+#: ``LBNLModel.attention``: how the fast path computes causal self-attention (``int8``: the score matmul in
+#: int8, :func:`lbnl.int8.causal_attention_int8`; never picked by ``auto``).
+ATTENTION_KERNELS = ("auto", "sdpa", "chunked", "int8")
 
 
 def resolve_attention(kernel: str, dtype: torch.dtype, device: torch.device) -> str:

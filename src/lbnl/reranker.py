@@ -105,7 +105,9 @@ class Reranker(BaseReranker):
             device: ``"cpu"``, ``"cuda"``...; default: CUDA when available.
             preset: ``"default"`` (the spec), ``"fast"`` or ``"fastest"`` (see
                 :data:`lbnl.hardware.PRESETS`); an explicit ``block_size`` or ``quantize`` overrides it.
-            quantize: ``"int8"`` to quantize the decoder's linear layers (CPU, float32); scores change.
+            quantize: ``"int8"``: the decoder's matmuls in int8 (int8 weights and per-token int8 activations,
+                :mod:`lbnl.int8`; CPU, fast with VNNI); ``"int8-dynamic"``: torch.ao dynamic quantization of
+                a float32 model's linear layers; ``"none"``. Scores change (docs/results.md).
             fusion: ``"checkpoint"`` (default): lexical fusion if the checkpoint asks for it, returning
                 a :class:`lbnl.fusion.FusedReranker`; ``None``: the model's own scores; a weight or a
                 :class:`lbnl.checkpoints.Fusion`: that fusion.
@@ -114,7 +116,7 @@ class Reranker(BaseReranker):
         """
         from .checkpoints import Fusion, load_checkpoint, locate, read_info
         from .hardware import preset as get_preset
-        from .hardware import quantize_int8, weight_plan
+        from .hardware import quantize_model, weight_plan
 
         settings = get_preset(preset)
         quantize, dtype = weight_plan(quantize if quantize is not None else settings.quantize, device, dtype)
@@ -122,8 +124,7 @@ class Reranker(BaseReranker):
         info = read_info(path)
         kwargs.setdefault("block_size", info.block_size if preset is None and info.block_size else settings.block_size)
         model, tokenizer = load_checkpoint(info, dtype=dtype, device=device)
-        if quantize == "int8":
-            quantize_int8(model)
+        quantize_model(model, quantize)
         kwargs.setdefault("name", name)
         kwargs.setdefault("source", path)
         kwargs.setdefault("pointwise", info.mode == "pointwise")

@@ -95,7 +95,9 @@ def test_path_specs() -> None:
     assert (spec.block_size, spec.quantize, spec.fast_forward, spec.kind) == (8, "int8", False, "lbnl")
     fastest = PathSpec.parse("fastest")
     assert (fastest.block_size, fastest.quantize, fastest.dtype) == (
-        (16, None, "bfloat16") if cpu_has_fast_bf16() else (16, "int8", "float32"))
+        (16, None, "bfloat16") if cpu_has_fast_bf16() else (16, "int8-dynamic", "float32"))
+    assert PathSpec.parse("lbnl:int8dyn").quantize == "int8-dynamic"
+    assert PathSpec.parse("lbnl:bf16:int8:attn=int8").attention == "int8"
     assert PathSpec.parse("default-bf16").dtype == "bfloat16" and PathSpec.parse("default").dtype == "float32"
     assert PathSpec.parse("reference-bf16").dtype == "bfloat16"
     with pytest.raises(InvalidInputError, match="unknown"):
@@ -107,3 +109,16 @@ def test_path_specs() -> None:
 def test_bad_arguments_exit_with_a_message(tiny_checkpoint: Path) -> None:
     proc = run("--model", str(tiny_checkpoint), "--workload", "1x2")
     assert proc.returncode == 2 and "error: workload" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_rss_peak_sees_a_freed_allocation() -> None:
+    from lbnl.bench.memory import RssPeak
+
+    with RssPeak() as meter:
+        block = bytearray(64 * 2**20)
+        block[:: 4096] = b"x" * len(block[:: 4096])  # touch every page
+        del block
+    assert meter.peak - meter.before >= 60 * 2**20
+    with RssPeak() as again:  # the peak restarts at the current RSS
+        pass
+    assert again.peak - again.before < 32 * 2**20

@@ -81,3 +81,16 @@ def test_documents_are_read_line_by_line(tmp_path: Path, monkeypatch: pytest.Mon
     assert len(docs) == 5000 and docs[-1] == "document 4999"
     with pytest.raises(InvalidInputError, match="no documents file"):
         read_documents(str(tmp_path / "missing.txt"))
+
+
+def test_quantize_flag_reaches_the_loader() -> None:
+    import argparse
+
+    from lbnl.cli.common import add_model_arguments, model_options
+
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser)
+    assert "quantize" not in model_options(parser.parse_args([]))
+    assert model_options(parser.parse_args(["--quantize", "int8"]))["quantize"] == "int8"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--quantize", "int4"])

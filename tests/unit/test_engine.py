@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lbnl import CheckpointError, InvalidInputError, Reranker
-from lbnl.hardware import cpu_has_fast_bf16, quantize_int8
+from lbnl.hardware import cpu_has_fast_bf16, quantize_int8_dynamic
 from lbnl.checkpoints import load_checkpoint
 from lbnl.prompt import build_prompt
 from helpers import in_input_order, make_docs
@@ -129,9 +129,9 @@ def test_presets_and_int8(tiny_checkpoint: Path, tmp_path: Path) -> None:
     if cpu_has_fast_bf16():
         assert bf16_or_int8.model.dtype == torch.bfloat16 and bf16_or_int8.model.quantized is None
     else:
-        assert bf16_or_int8.model.quantized == "int8"
+        assert bf16_or_int8.model.quantized == "int8-dynamic"
     fastest = Reranker.from_pretrained(tiny_checkpoint, device="cpu", preset="fastest", dtype="float32")
-    assert fastest.model.quantized == "int8"
+    assert fastest.model.quantized == "int8-dynamic"
     assert type(fastest.model.backbone.layers[0].mlp.up_proj).__module__.startswith("torch.ao.nn.quantized")
     docs = make_docs(20, seed=9)
     exact = in_input_order(fast.rerank("green tea", docs))
@@ -146,7 +146,7 @@ def test_presets_and_int8(tiny_checkpoint: Path, tmp_path: Path) -> None:
         Reranker.from_pretrained(tiny_checkpoint, device="cpu", quantize="int4")
     model, _ = load_checkpoint(tiny_checkpoint, dtype="bfloat16", device="cpu")
     with pytest.raises(InvalidInputError, match="float32"):
-        quantize_int8(model)
+        quantize_int8_dynamic(model)
 
 
 @pytest.mark.parametrize("n,start,heads,kv_heads,budget", [

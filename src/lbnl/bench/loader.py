@@ -207,12 +207,11 @@ class Loader:
 
     def _build_lbnl(self, spec: PathSpec, dtype: Any) -> tuple[Any, Any]:
         from ..checkpoints import load_checkpoint
-        from ..hardware import quantize_int8
+        from ..hardware import quantize_model
 
         model, tokenizer = load_checkpoint(self.path, dtype=dtype, device="cpu")
         materialize(model)
-        if spec.quantize == "int8":
-            quantize_int8(model)
+        quantize_model(model, spec.quantize)
         if spec.compile:
             model.compile_kernels()
         return model, tokenizer

@@ -4,13 +4,15 @@
   (:mod:`lbnl.bench.reference`).
 - ``hf``: lbnl's reranker with ``fast_forward=False`` (the plain transformers forward), float32.
 - ``default``, ``fast``, ``fastest``: lbnl's presets (:data:`lbnl.hardware.PRESETS`); ``default`` and
-  ``fast`` in float32, ``fastest`` with the weights it picks on this machine (bf16 with AMX, else int8).
+  ``fast`` in float32, ``fastest`` with the weights it picks on this machine (:func:`lbnl.hardware.fastest_weights`).
 - ``default-bf16``, ``fast-bf16``: the same in bfloat16 (what ``default`` computes for the official
   bf16 checkpoint on a CPU with AMX or AVX512-BF16).
 - ``pointwise``: one prompt per document, as separate queries in one batched call.
-- custom: ``lbnl:opt:opt...`` with options ``block=N``, ``int8``, ``bf16``, ``hf``, ``pointwise``,
-  ``compile`` (``torch.compile`` of the fast path's norms and SiLU product), ``attn=sdpa`` or
-  ``attn=chunked`` (the fast path's attention kernel; default: what ``auto`` picks on this machine).
+- custom: ``lbnl:opt:opt...`` with options ``block=N``, ``int8`` (the decoder's matmuls in int8,
+  :mod:`lbnl.int8`), ``int8dyn`` (torch.ao dynamic quantization, float32), ``bf16``, ``hf``, ``pointwise``,
+  ``compile`` (``torch.compile`` of the fast path's norms and SiLU product), ``attn=sdpa``,
+  ``attn=chunked`` or ``attn=int8`` (the fast path's attention kernel; default: what ``auto`` picks on
+  this machine).
 - peers, other runtimes on the same backbone forward (:mod:`lbnl.bench.peers`): ``openvino:bf16``,
   ``openvino:f32``, ``onnxruntime:f32``, ``onnxruntime:int8``, ``llamacpp:bf16``, ``llamacpp:q8_0``
   (``--peers`` adds them by family).
@@ -79,13 +81,15 @@ class PathSpec:
                 path.dtype = "bfloat16"
             elif key == "int8" and kind == "lbnl":
                 path.quantize = "int8"
+            elif key == "int8dyn" and kind == "lbnl":
+                path.quantize = "int8-dynamic"
             elif key == "hf" and kind == "lbnl":
                 path.fast_forward = False
             elif key == "pointwise" and kind == "lbnl":
                 path.pointwise, path.block_size = True, 1
             elif key == "compile" and kind == "lbnl":
                 path.compile = True
-            elif key == "attn" and kind == "lbnl" and value in ("sdpa", "chunked"):
+            elif key == "attn" and kind == "lbnl" and value in ("sdpa", "chunked", "int8"):
                 path.attention = value
             elif key == "block" and kind == "lbnl" and value.isdigit() and int(value) > 0:
                 path.block_size = int(value)
@@ -104,7 +108,8 @@ class PathSpec:
         if self.kind == "peer":
             return f"peer {self.peer}, {self.variant}, {self.block_size}/prompt"
         parts = ["pointwise" if self.pointwise else f"{self.block_size}/prompt", self.dtype]
-        parts += ["int8"] if self.quantize else []
+        parts += [{"int8": "int8 matmuls (W8A8)", "int8-dynamic": "int8 dynamic (torch.ao)"}.get(
+            self.quantize, self.quantize)] if self.quantize else []
         parts += ["transformers forward"] if not self.fast_forward else []
         parts += ["torch.compile"] if self.compile else []
         parts += [f"{self.attention} attention"] if self.attention != "auto" else []

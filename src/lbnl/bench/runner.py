@@ -232,7 +232,7 @@ def run_workload(loader: Loader, specs: list[PathSpec], workload: Workload | For
         for spec in runnable:
             loader.release(spec)
     _finish(results, peaks, workload.queries * workload.documents, workload.tokens, workload.queries)
-    for base in ("reference-fp32", "reference-bf16"):
+    for base in ("reference-fp32", "reference-bf16", "default-bf16"):  # score agreement against each present
         ref = results.get(base)
         if ref is None or ref.status != "ok":
             continue

@@ -20,7 +20,8 @@ DOCUMENT_FORMATS = ("auto", "text", "jsonl")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--model``, ``--dtype``, ``--device``, ``--preset``, ``--no-fusion``: every command that loads a model."""
+    """``--model``, ``--dtype``, ``--device``, ``--preset``, ``--quantize``, ``--no-fusion``: every command that
+    loads a model."""
     parser.add_argument("--model", default=None,
                         help="checkpoint directory, built-in model name or hub id (default: lbnl's built-in model)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the checkpoint's, "
@@ -30,6 +31,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="speed preset: default (the spec's scores), fast (16 documents per prompt), fastest "
                              "(16 per prompt, bf16 on CPUs with AMX and on GPUs, int8 on other CPUs); "
                              "see docs/performance.md")
+    parser.add_argument("--quantize", default=None, choices=("int8", "int8-dynamic", "none"),
+                        help="int8: the decoder's matmuls in int8 (int8 weights and per-token activations; fast on "
+                             "CPUs with VNNI); int8-dynamic: torch.ao dynamic quantization of a float32 model; "
+                             "none (default: the preset's); scores change, see docs/performance.md")
     parser.add_argument("--no-fusion", action="store_true",
                         help="the model's own scores, even when the checkpoint ships fused with BM25 over "
                              "the request's documents")
@@ -46,6 +51,8 @@ def add_length_arguments(parser: argparse.ArgumentParser) -> None:
 def model_options(args: argparse.Namespace) -> dict[str, Any]:
     """``Reranker.from_pretrained`` keywords from the :func:`add_model_arguments` flags."""
     options: dict[str, Any] = {"dtype": args.dtype, "device": args.device, "preset": args.preset}
+    if getattr(args, "quantize", None) is not None:
+        options["quantize"] = args.quantize
     if args.no_fusion:
         options["fusion"] = None
     return options

@@ -1,0 +1,377 @@
+"""W8A8 inference: int8 weights and int8 activations for the decoder's matmuls on CPUs with VNNI.
+
+Each linear layer's weight is stored once as int8 with one scale per output channel; activations are
+quantized per token (one scale per row, from its largest magnitude) on every call, multiplied with
+``torch._int_mm`` (int8 x int8 -> int32, oneDNN's VNNI kernels: about 2x a bf16 matmul on an
+AVX512-VNNI CPU without AMX) and scaled back to the model's dtype. The gated MLP quantizes once for its
+joined gate/up matmul and fuses the dequantization, SiLU product and the down projection's quantization
+into one pass; the query, key and value projections share one quantization of their input.
+
+Attention can run its score matmul in int8 too (:func:`causal_attention_int8`, as in SageAttention:
+keys minus their mean over tokens, which leaves the softmax unchanged, then per-token scales for
+queries and keys); the probabilities times values stay in the model's dtype.
+
+In bf16 on a CPU the elementwise passes (quantize, dequantize, the MLP's middle, the attention's
+dequantization, mask and softmax) are :mod:`lbnl.native` kernels; elsewhere, or where those cannot be
+built, they go through ``torch.compile`` when it works here (it needs a C++ compiler), else run eagerly;
+results agree up to float rounding. The projector and every norm stay in the model's float dtype.
+Scores move: docs/results.md ("int8 matmuls") says by how much.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import native
+
+#: Largest int8 magnitude used (symmetric quantization: -127..127, so negation is exact).
+QMAX = 127.0
+
+
+# --- elementwise kernels ------------------------------------------------------------------------
+
+
+def _quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row symmetric int8: ``(q, scale)`` with ``x ~ q * scale``; scale is float32 [..., 1]."""
+    xf = x.float()
+    scale = xf.abs().amax(-1, keepdim=True).clamp_min(1e-12) / QMAX
+    return torch.round(xf / scale).to(torch.int8), scale
+
+
+def _dequantize(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor, dtype: torch.dtype
+                ) -> torch.Tensor:
+    """int32 products back to ``dtype``: ``acc * row_scale * col_scale``."""
+    return (acc.float() * row_scale * col_scale).to(dtype)
+
+
+def _quantize_smoothed(x: torch.Tensor, inverse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_quantize_rows` of ``x * inverse`` (per-channel smoothing, see :func:`convert_linears`)."""
+    return _quantize_rows(x.float() * inverse)
+
+
+def _silu_mul_quantize(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor, inverse: torch.Tensor,
+                       dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gated MLP's middle in one pass: dequantize the joined gate/up products, ``silu(gate) * up``
+    rounded to ``dtype`` (as the float path computes it), smoothed by ``inverse`` and quantized per row
+    for the down projection."""
+    g = acc.float() * row_scale * col_scale
+    half = g.shape[-1] // 2
+    h = (torch.nn.functional.silu(g[..., :half].to(dtype)) * g[..., half:].to(dtype)).float() * inverse
+    scale = h.abs().amax(-1, keepdim=True).clamp_min(1e-12) / QMAX
+    return torch.round(h / scale).to(torch.int8), scale
+
+
+def _scores_softmax(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor, limit: torch.Tensor,
+                    dtype: torch.dtype) -> torch.Tensor:
+    """Attention probabilities from int32 scores: dequantized (the softmax scale is in ``row_scale``), keys
+    after ``limit`` (per row) hidden, softmax in float32, stored in ``dtype``."""
+    s = acc.float() * row_scale * col_scale
+    cols = torch.arange(s.shape[-1], device=s.device)
+    s = s.masked_fill(cols > limit, float("-inf"))
+    return torch.softmax(s, dim=-1).to(dtype)
+
+
+_EAGER: dict[str, Any] = {"quantize": _quantize_rows, "quantize_smoothed": _quantize_smoothed, "dequantize": _dequantize,
+                          "silu_mul_quantize": _silu_mul_quantize, "scores_softmax": _scores_softmax}
+_COMPILED: dict[str, Any] = {}
+_STATE: dict[str, bool] = {}
+
+
+def compiler_works() -> bool:
+    """Whether ``torch.compile`` builds CPU kernels here (tried once per process on a tiny function)."""
+    if "compile" not in _STATE:
+        try:
+            probe = torch.compile(lambda t: (t * 2).to(torch.int8), dynamic=True)
+            _STATE["compile"] = bool(probe(torch.ones(3)).sum().item() == 6)
+        except Exception:  # noqa: BLE001 - no compiler, an unsupported platform: run eagerly
+            _STATE["compile"] = False
+    return _STATE["compile"]
+
+
+def kernel(name: str, compiled: bool = True) -> Any:
+    """An elementwise kernel of the int8 path, through ``torch.compile`` when ``compiled`` and it works here."""
+    if not compiled or not compiler_works():
+        return _EAGER[name]
+    if name not in _COMPILED:
+        _COMPILED[name] = torch.compile(_EAGER[name], dynamic=True)
+    return _COMPILED[name]
+
+
+# --- linear layers ------------------------------------------------------------------------------
+
+
+@dataclass
+class QuantizedRows:
+    """Activations quantized per token, shared by several linear layers reading the same input: int8
+    ``values`` [..., features] and float32 ``scale`` [..., 1]. Indexing selects tokens of both."""
+
+    values: torch.Tensor
+    scale: torch.Tensor
+    dtype: torch.dtype
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.values.shape
+
+    def __getitem__(self, index: Any) -> "QuantizedRows":
+        return QuantizedRows(self.values[index], self.scale[index], self.dtype)
+
+
+def _native_dtype(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether :mod:`lbnl.native` computes elementwise work of this dtype and device (bf16 on a CPU, kernels built)."""
+    return dtype == torch.bfloat16 and device.type == "cpu" and native.available()
+
+
+def _native(x: torch.Tensor) -> bool:
+    return _native_dtype(x.dtype, x.device)
+
+
+def quantize_rows(x: torch.Tensor, compiled: bool = True, inverse: torch.Tensor | None = None) -> QuantizedRows:
+    """``x`` quantized per token (its last dimension), for one or more :class:`Int8Linear` layers; with
+    ``inverse``, ``x * inverse`` (per-channel smoothing)."""
+    if _native(x):
+        values, scale = native.quantize_rows(x, inverse)
+    elif inverse is None:
+        values, scale = kernel("quantize", compiled)(x)
+    else:
+        values, scale = kernel("quantize_smoothed", compiled)(x, inverse)
+    return QuantizedRows(values, scale, x.dtype)
+
+
+def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-output-channel symmetric int8 of a [out, in] weight: ``(int8 [out, in], float32 scale [out])``."""
+    q, scale = _quantize_rows(weight.detach())
+    return q.contiguous(), scale.reshape(-1).contiguous()
+
+
+class Int8Linear(nn.Module):
+    """``nn.Linear`` with int8 weights (one scale per output channel) and int8 activations (one scale per
+    token, computed per call); int32 accumulation, output in the float dtype of the input."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, compiled: bool = True,
+                 smooth: torch.Tensor | None = None):
+        """``smooth`` (per input channel): the weight's columns are multiplied by it and every input divided
+        by it before quantization (SmoothQuant), so channels with outliers spread over both sides."""
+        super().__init__()
+        weight = weight.detach().float()
+        if smooth is not None:
+            weight = weight * smooth.float()
+        q, scale = quantize_weight(weight)
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        self.register_buffer("qweight", q)
+        self.register_buffer("weight_scale", scale)
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        self.register_buffer("inverse", None if smooth is None else (1.0 / smooth.float()).contiguous())
+        self.compiled = compiled
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, compiled: bool = True, smooth: torch.Tensor | None = None
+                    ) -> "Int8Linear":
+        return cls(linear.weight, linear.bias, compiled, smooth)
+
+    def quantize(self, x: torch.Tensor) -> QuantizedRows:
+        """``x`` quantized per token for this layer (smoothed first when the layer has a smoothing)."""
+        return quantize_rows(x, self.compiled, self.inverse)
+
+    def matmul(self, x: QuantizedRows) -> torch.Tensor:
+        """int32 products [tokens, out] of already quantized rows (any leading shape, flattened)."""
+        return torch._int_mm(x.values.reshape(-1, self.in_features), self.qweight.t())
+
+    def forward(self, x: torch.Tensor | QuantizedRows) -> torch.Tensor:
+        rows = x if isinstance(x, QuantizedRows) else self.quantize(x)
+        acc = self.matmul(rows)
+        if _native_dtype(rows.dtype, acc.device):
+            out = native.dequantize(acc, rows.scale, self.weight_scale)
+        else:
+            out = kernel("dequantize", self.compiled)(acc, rows.scale.reshape(-1, 1), self.weight_scale, rows.dtype)
+        if self.bias is not None:
+            out = out + self.bias.to(out.dtype)
+        return out.view(*rows.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class Int8GatedMLP(nn.Module):
+    """The SiLU-gated MLP of Llama-family models (``down(silu(gate(x)) * up(x))``) in int8: one quantization of
+    ``x``, one joined gate/up matmul, dequantization, SiLU product and requantization in one pass, then down."""
+
+    def __init__(self, gate: nn.Linear, up: nn.Linear, down: nn.Linear, compiled: bool = True,
+                 smooth_in: torch.Tensor | None = None, smooth_mid: torch.Tensor | None = None):
+        super().__init__()
+        self.gate_up = Int8Linear(torch.cat([gate.weight.detach(), up.weight.detach()], dim=0), None, compiled,
+                                  smooth_in)
+        self.down_proj = Int8Linear.from_linear(down, compiled, smooth_mid)
+        self.register_buffer("mid_inverse", torch.ones(down.in_features) if self.down_proj.inverse is None
+                             else self.down_proj.inverse)
+        self.compiled = compiled
+
+    def forward(self, x: torch.Tensor | QuantizedRows) -> torch.Tensor:
+        rows = x if isinstance(x, QuantizedRows) else self.gate_up.quantize(x)
+        acc = self.gate_up.matmul(rows)
+        if _native_dtype(rows.dtype, acc.device):
+            mid, scale = native.silu_mul_quantize(acc, rows.scale, self.gate_up.weight_scale, self.mid_inverse)
+        else:
+            mid, scale = kernel("silu_mul_quantize", self.compiled)(acc, rows.scale.reshape(-1, 1),
+                                                                    self.gate_up.weight_scale, self.mid_inverse,
+                                                                    rows.dtype)
+        return self.down_proj(QuantizedRows(mid.view(*rows.shape[:-1], -1), scale.view(*rows.shape[:-1], 1),
+                                            rows.dtype))
+
+
+def _gated(mlp: nn.Module) -> bool:
+    parts = [getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
+    return (all(type(p) is nn.Linear for p in parts) and parts[0].bias is None and parts[1].bias is None
+            and type(getattr(mlp, "act_fn", None)).__name__ in ("SiLU", "SiLUActivation"))
+
+
+@torch.no_grad()
+def activation_ranges(backbone: nn.Module, rows: list[list[int]]) -> dict[str, torch.Tensor]:
+    """Largest magnitude per input channel of every linear layer of the decoder layers (float32, keyed by
+    module name) over a plain forward of each row of token ids: the calibration of :func:`smoothing`."""
+    ranges: dict[str, torch.Tensor] = {}
+    hooks = []
+
+    def record(name: str) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            seen = args[0].detach().float().abs().reshape(-1, args[0].shape[-1]).amax(0)
+            ranges[name] = torch.maximum(ranges[name], seen) if name in ranges else seen
+        return hook
+
+    for name, module in backbone.layers.named_modules():
+        if type(module) is nn.Linear:
+            hooks.append(module.register_forward_pre_hook(record(name)))
+    device = next(backbone.parameters()).device
+    try:
+        for row in rows:
+            backbone(input_ids=torch.tensor([list(row)], device=device), use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    return ranges
+
+
+def smoothing(x_range: torch.Tensor, weights: list[torch.Tensor], alpha: float) -> torch.Tensor:
+    """SmoothQuant's per-input-channel factors ``max|x_j|^alpha / max|W_:j|^(1 - alpha)`` (weights sharing the
+    input stacked), clamped away from 0 so that no channel is divided by a vanishing factor."""
+    w_range = torch.stack([w.detach().float().abs().amax(0) for w in weights]).amax(0)
+    s = x_range.clamp_min(1e-5).pow(alpha) / w_range.clamp_min(1e-5).pow(1 - alpha)
+    return s.clamp_min(1e-5)
+
+
+def _fold(norm: nn.Module | None, s: torch.Tensor | None) -> torch.Tensor | None:
+    """Divide an RMSNorm's weight by ``s`` (its output then arrives smoothed, at no cost per call) and return
+    ``None``, or return ``s`` unchanged when there is no norm weight to fold it into."""
+    weight = getattr(norm, "weight", None)
+    if s is None or weight is None or not type(norm).__name__.endswith("RMSNorm"):
+        return s
+    with torch.no_grad():
+        weight.copy_((weight.float() / s).to(weight.dtype))
+    return None
+
+
+def convert_linears(backbone: nn.Module, compiled: bool = True, ranges: dict[str, torch.Tensor] | None = None,
+                    alpha: float = 0.5) -> int:
+    """Replace the attention projections and MLP of every decoder layer of a Llama-family ``backbone`` by
+    int8 ones, in place. Returns how many matmuls were converted.
+
+    With ``ranges`` (:func:`activation_ranges`), inputs are smoothed as in SmoothQuant (factor exponent
+    ``alpha``): for the query/key/value and gate/up inputs the factors are folded into the preceding
+    RMSNorm's weight; the output and down projections divide their input when quantizing it.
+    """
+    converted = 0
+    for i, layer in enumerate(backbone.layers):
+        attn, mlp = layer.self_attn, layer.mlp
+
+        def factors(prefix: str, module: nn.Module, names: list[str]) -> torch.Tensor | None:
+            key = f"{i}.{prefix}.{names[0]}"
+            if ranges is None or key not in ranges:
+                return None
+            return smoothing(ranges[key], [getattr(module, n).weight for n in names], alpha)
+
+        qkv = ["q_proj", "k_proj", "v_proj"]
+        if all(type(getattr(attn, n, None)) is nn.Linear for n in qkv):
+            s = factors("self_attn", attn, qkv)
+            folded = s is not None and _fold(layer.input_layernorm, s) is None
+            made = [Int8Linear.from_linear(getattr(attn, n), compiled, s) for n in qkv]
+            for name, linear in zip(qkv, made):
+                linear.inverse = None if folded else made[0].inverse  # one quantization serves all three
+                setattr(attn, name, linear)
+            converted += 3
+        if type(getattr(attn, "o_proj", None)) is nn.Linear:
+            attn.o_proj = Int8Linear.from_linear(attn.o_proj, compiled, factors("self_attn", attn, ["o_proj"]))
+            converted += 1
+        if _gated(mlp):
+            s = factors("mlp", mlp, ["gate_proj", "up_proj"])
+            folded = s is not None and _fold(layer.post_attention_layernorm, s) is None
+            layer.mlp = Int8GatedMLP(mlp.gate_proj, mlp.up_proj, mlp.down_proj, compiled, s,
+                                     factors("mlp", mlp, ["down_proj"]))
+            if folded:
+                layer.mlp.gate_up.inverse = None
+            converted += 2
+        else:
+            for name, child in list(mlp.named_children()):
+                if type(child) is nn.Linear:
+                    setattr(mlp, name, Int8Linear.from_linear(child, compiled))
+                    converted += 1
+    return converted
+
+
+def shared_input(attn: nn.Module, x: torch.Tensor) -> torch.Tensor | QuantizedRows:
+    """The input of an attention block's query, key and value projections: quantized once when all three are
+    :class:`Int8Linear`, else ``x`` itself."""
+    projections = [getattr(attn, n, None) for n in ("q_proj", "k_proj", "v_proj")]
+    if all(isinstance(p, Int8Linear) for p in projections) and all(
+            p.inverse is projections[0].inverse for p in projections):
+        return projections[0].quantize(x)
+    return x
+
+
+# --- attention ----------------------------------------------------------------------------------
+
+#: Query rows per block of :func:`causal_attention_int8`, and the int32 scores it holds at most.
+INT8_BLOCK = 128
+INT8_SCORES = 1 << 25
+
+
+def causal_attention_int8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                          compiled: bool = True) -> torch.Tensor:
+    """Causal attention like :func:`lbnl.attention.causal_attention_chunked` (same layouts and arguments), with
+    the query-key products in int8: keys minus their mean over tokens (a constant per query row, which the
+    softmax cancels), queries and keys quantized per token, int32 products dequantized, masked and
+    softmaxed (float32 inside) in one pass; the probabilities times values in the input dtype."""
+    n, heads, dim = q.shape
+    kv_heads, total, _ = k.shape
+    group = heads // kv_heads
+    start = total - n
+    block = max(16, min(INT8_BLOCK, INT8_SCORES // max(1, group * total)))
+    kf = k.float()
+    kq, kscale = kernel("quantize", compiled)(kf - kf.mean(dim=1, keepdim=True))
+    kscale = kscale.transpose(1, 2).contiguous()  # [kv_heads, 1, total]
+    grouped = q.reshape(n, kv_heads, group, dim)
+    v = v.contiguous()
+    out = q.new_empty(n, kv_heads, group, dim)
+    fused = _native(q)
+    softmax = kernel("scores_softmax", compiled)
+    quantize = native.quantize_rows if fused else kernel("quantize", compiled)
+    rows = torch.arange(block, device=q.device)
+    probs = q.new_empty(group * block * total)
+    for s in range(0, n, block):
+        e = min(n, s + block)
+        c, width = e - s, start + e
+        qq, qscale = quantize(grouped[s:e].permute(1, 2, 0, 3).reshape(kv_heads, group * c, dim))
+        qscale = qscale * scale
+        limit = None if fused else (rows[:c] + (start + s)).repeat(group).unsqueeze(-1)
+        for h in range(kv_heads):
+            acc = torch._int_mm(qq[h], kq[h, :width].t())
+            if fused:
+                p = native.causal_softmax_int32(acc, qscale[h].reshape(-1), kscale[h, 0],
+                                                probs[: group * c * width].view(group * c, width), start + s, c)
+            else:
+                p = softmax(acc, qscale[h], kscale[h, :, :width], limit, q.dtype)
+            out[s:e, h].copy_(torch.mm(p, v[h, :width]).view(group, c, dim).transpose(0, 1))
+    return out.reshape(n, heads, dim)

@@ -1,0 +1,166 @@
+"""lbnl.int8: int8 weights and per-token int8 activations in the decoder's matmuls, int8 attention scores.
+
+Against float computations on random inputs and a tiny random Qwen3 model; every test checks that the int8
+kernel (``torch._int_mm``) actually ran. Eager kernels (``compiled=False``) unless a test is about the
+compiled ones; nothing here is timed."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from lbnl import int8
+from lbnl.attention import causal_attention_chunked
+from lbnl.checkpoints import load_checkpoint
+from lbnl.engine import decode
+
+
+@pytest.fixture
+def int_mm_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """Shapes of every ``torch._int_mm`` call made while the test runs."""
+    calls: list[tuple[int, ...]] = []
+    real = torch._int_mm
+
+    def counting(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        assert a.dtype == b.dtype == torch.int8
+        calls.append((*a.shape, b.shape[1]))
+        return real(a, b)
+
+    monkeypatch.setattr(torch, "_int_mm", counting)
+    return calls
+
+
+def test_weights_per_output_channel() -> None:
+    w = torch.randn(6, 32) * torch.logspace(-2, 2, 6).unsqueeze(1)
+    q, scale = int8.quantize_weight(w)
+    assert q.dtype == torch.int8 and scale.shape == (6,) and int(q.abs().max()) == 127
+    assert (q.abs().amax(1) == 127).all()  # every row uses the full range, whatever its magnitude
+    assert ((q.float() * scale.unsqueeze(1) - w).abs() <= scale.unsqueeze(1) / 2 + 1e-7).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_linear_matches_float(dtype: torch.dtype, int_mm_calls: list) -> None:
+    g = torch.Generator().manual_seed(0)
+    linear = nn.Linear(64, 48, bias=True)
+    x = torch.randn(3, 5, 64, generator=g).to(dtype)
+    x[0, 1] *= 50  # one loud token: per-token scales keep the others exact to their own range
+    with torch.no_grad():
+        ref = linear.to(dtype)(x).float()
+    layer = int8.Int8Linear.from_linear(linear, compiled=False)
+    out = layer(x)
+    assert out.dtype == dtype and out.shape == (3, 5, 48)
+    assert int_mm_calls == [(15, 64, 48)]
+    err = (out.float() - ref).abs().amax(-1) / ref.abs().amax(-1)
+    assert float(err.max()) < 0.03
+
+
+def test_shared_quantization_and_token_selection(int_mm_calls: list) -> None:
+    x = torch.randn(1, 7, 16)
+    a, b = (int8.Int8Linear(torch.randn(n, 16), compiled=False) for n in (8, 4))
+    rows = int8.quantize_rows(x, compiled=False)
+    assert torch.equal(a(rows), a(x)) and torch.equal(b(rows[:, [2, 6]]), b(x[:, [2, 6]]))
+    assert len(int_mm_calls) == 4
+
+
+def test_gated_mlp_matches_float(int_mm_calls: list) -> None:
+    from transformers import Qwen3Config
+    from transformers.models.qwen3.modeling_qwen3 import Qwen3MLP
+
+    mlp = Qwen3MLP(Qwen3Config(hidden_size=32, intermediate_size=80, hidden_act="silu")).eval()
+    x = torch.randn(9, 32)
+    with torch.no_grad():
+        ref = mlp(x)
+    out = int8.Int8GatedMLP(mlp.gate_proj, mlp.up_proj, mlp.down_proj, compiled=False)(x)
+    assert [c[1:] for c in int_mm_calls] == [(32, 160), (80, 32)]  # joined gate/up, then down
+    assert float((out - ref).abs().max() / ref.abs().max()) < 0.05
+
+
+def test_smoothing_keeps_the_function() -> None:
+    linear = nn.Linear(16, 8, bias=False)
+    x = torch.randn(20, 16)
+    x[:, 3] *= 100  # an outlier channel, as in the inputs SmoothQuant was made for
+    s = int8.smoothing(x.abs().amax(0), [linear.weight], 0.5)
+    smooth = int8.Int8Linear.from_linear(linear, compiled=False, smooth=s)
+    plain = int8.Int8Linear.from_linear(linear, compiled=False)
+    ref = linear(x)
+    error = lambda y: float((y - ref).abs().max())  # noqa: E731
+    assert error(smooth(x)) < error(plain(x)) and error(smooth(x)) < 0.05 * float(ref.abs().max())
+
+
+def test_compiled_kernels_agree_with_eager() -> None:
+    if not int8.compiler_works():
+        pytest.skip("torch.compile cannot build CPU kernels here (no C++ compiler)")
+    x = torch.randn(37, 64).bfloat16()
+    eager, compiled = int8.kernel("quantize", compiled=False)(x), int8.kernel("quantize")(x)
+    assert torch.allclose(eager[1], compiled[1]) and (eager[0].int() - compiled[0].int()).abs().max() <= 1
+
+
+def _model(tiny_checkpoint: Path, dtype: torch.dtype):
+    model, _ = load_checkpoint(tiny_checkpoint, dtype=dtype, device="cpu")
+    return model
+
+
+@pytest.mark.parametrize("smooth", [False, True])
+def test_converted_decoder_matches_float(tiny_checkpoint: Path, int_mm_calls: list, smooth: bool) -> None:
+    model = _model(tiny_checkpoint, torch.float32)
+    rows = [[int(t) for t in torch.randint(10, 1000, (60,), generator=torch.Generator().manual_seed(n))]
+            for n in range(2)]
+    with torch.inference_mode():
+        ref, _, _ = decode(model.backbone, rows, attention="chunked")
+    converted = copy.deepcopy(model)
+    ranges = int8.activation_ranges(converted.backbone, rows) if smooth else None
+    layers = len(converted.backbone.layers)
+    assert int8.convert_linears(converted.backbone, compiled=False, ranges=ranges) == 6 * layers
+    assert isinstance(converted.backbone.layers[0].self_attn.q_proj, int8.Int8Linear)
+    assert isinstance(converted.backbone.layers[0].mlp, int8.Int8GatedMLP)
+    with torch.inference_mode():
+        out, _, _ = decode(converted.backbone, rows, attention="chunked")
+    # per layer: q, k and v share one quantized input, then o, gate/up and down: 6 int8 matmuls
+    assert len(int_mm_calls) == 6 * layers
+    cos = torch.nn.functional.cosine_similarity(out, ref, dim=-1)
+    assert float(cos.min()) > 0.99
+
+
+@pytest.mark.parametrize("n,start,heads,kv_heads", [(40, 0, 4, 2), (30, 13, 6, 2), (1, 9, 4, 4)])
+def test_int8_attention_matches_float(n: int, start: int, heads: int, kv_heads: int, int_mm_calls: list) -> None:
+    g = torch.Generator().manual_seed(n)
+    q = torch.randn(n, heads, 16, generator=g)
+    k = torch.randn(kv_heads, start + n, 16, generator=g) + 3.0  # a shared offset: the key mean takes it out
+    v = torch.randn(kv_heads, start + n, 16, generator=g)
+    ref = causal_attention_chunked(q, k, v, 0.25)
+    out = int8.causal_attention_int8(q, k, v, 0.25, compiled=False)
+    assert out.shape == ref.shape and len(int_mm_calls) == kv_heads
+    assert float((out - ref).abs().max()) < 0.05
+
+
+def test_reranker_int8_paths(tiny_checkpoint: Path) -> None:
+    from lbnl import Reranker
+    from lbnl.hardware import weight_plan
+
+    docs = [f"green tea study number {i} about catechins and cholesterol" for i in range(8)]
+    exact = Reranker.from_pretrained(tiny_checkpoint, device="cpu", fusion=None)
+    w8a8 = Reranker.from_pretrained(tiny_checkpoint, device="cpu", quantize="int8", fusion=None)
+    assert w8a8.model.quantized == "int8" and w8a8.model.dtype == exact.model.dtype
+    a = sorted(exact.rerank("green tea", docs), key=lambda r: r.index)
+    b = sorted(w8a8.rerank("green tea", docs), key=lambda r: r.index)
+    assert max(abs(x.relevance_score - y.relevance_score) for x, y in zip(a, b)) < 0.05
+    assert weight_plan("int8", "cpu", None) == ("int8", None)
+    assert weight_plan("int8-dynamic", "cpu", None) == ("int8-dynamic", "float32")
+
+
+def test_fastest_picks_int8_only_when_enabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lbnl import hardware
+
+    monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(hardware, "cpu_has_vnni", lambda: True)
+    assert hardware.fastest_weights("cpu", None) == (None, "bfloat16")  # off until its quality is measured
+    monkeypatch.setattr(hardware, "FASTEST_USES_INT8", True)
+    assert hardware.fastest_weights("cpu", None) == ("int8", "bfloat16")
+    monkeypatch.setattr(hardware, "cpu_has_vnni", lambda: False)
+    assert hardware.fastest_weights("cpu", None) == (None, "bfloat16")
+    monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: False)
+    assert hardware.fastest_weights("cpu", None) == ("int8-dynamic", None)

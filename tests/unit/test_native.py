@@ -1,0 +1,70 @@
+"""lbnl.native: the compiled attention and int8 kernels against torch's own operations (one bf16 rounding
+step at most). Skipped where the kernels cannot be built (no C++ compiler or ninja); nothing is timed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lbnl import int8, native
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="native kernels cannot be built here")
+
+#: One bf16 rounding step of a probability in [0, 1].
+BF16_STEP = 2.0**-8
+
+
+def _masked_softmax(x: torch.Tensor, base: int, period: int) -> torch.Tensor:
+    rows, width = x.shape
+    limit = base + torch.arange(rows) % period
+    hidden = torch.arange(width).unsqueeze(0) > limit.unsqueeze(1)
+    return torch.softmax(x.float().masked_fill(hidden, float("-inf")), dim=-1)
+
+
+@pytest.mark.parametrize("rows,width,base,period", [(2 * 37, 101, 64, 37), (16, 16, 0, 16), (3, 50, 47, 1)])
+def test_causal_softmax(rows: int, width: int, base: int, period: int) -> None:
+    x = (torch.randn(rows, width, generator=torch.Generator().manual_seed(width)) * 6).bfloat16()
+    out = native.causal_softmax(x, torch.empty_like(x), base, period)
+    ref = _masked_softmax(x, base, period)
+    assert float((out.float() - ref).abs().max()) <= BF16_STEP
+    assert (out.float()[ref == 0] == 0).all()  # hidden keys get exactly nothing
+
+
+def test_causal_softmax_int32() -> None:
+    g = torch.Generator().manual_seed(1)
+    acc = torch.randint(-20000, 20000, (40, 90), dtype=torch.int32, generator=g)
+    rows, cols = torch.rand(40, generator=g) * 1e-3, torch.rand(90, generator=g)
+    out = native.causal_softmax_int32(acc, rows, cols, torch.empty(40, 90, dtype=torch.bfloat16), 60, 20)
+    ref = _masked_softmax(acc.float() * rows.unsqueeze(1) * cols, 60, 20)
+    assert float((out.float() - ref).abs().max()) <= BF16_STEP
+
+
+def test_int8_helpers_match_torch() -> None:
+    g = torch.Generator().manual_seed(2)
+    x = (torch.randn(3, 7, 40, generator=g) * 3).bfloat16()
+    inverse = torch.rand(40, generator=g) + 0.5
+    for factors in (None, inverse):
+        q, scale = native.quantize_rows(x, factors)
+        ref_q, ref_scale = int8._quantize_rows(x if factors is None else x.float() * factors)
+        assert q.shape == x.shape and scale.shape == (3, 7, 1) and torch.allclose(scale, ref_scale)
+        assert int((q.int() - ref_q.int()).abs().max()) <= 1
+    acc = torch.randint(-10**6, 10**6, (9, 64), dtype=torch.int32, generator=g)
+    rs, cs = torch.rand(9, 1, generator=g) * 1e-4, torch.rand(64, generator=g) * 1e-2
+    assert torch.equal(native.dequantize(acc, rs, cs), int8._dequantize(acc, rs, cs, torch.bfloat16))
+    ones = torch.ones(32)
+    q, scale = native.silu_mul_quantize(acc, rs, cs, ones)
+    ref_q, ref_scale = int8._silu_mul_quantize(acc, rs, cs, ones, torch.bfloat16)
+    assert torch.allclose(scale, ref_scale, rtol=1e-6) and int((q.int() - ref_q.int()).abs().max()) <= 1
+
+
+def test_rms_norm_and_silu_product_match_the_engine() -> None:
+    from lbnl.engine import _rms, _silu_mul
+
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(2, 33, 4, 40, generator=g) * 3).bfloat16()
+    weight = (torch.rand(40, generator=g) + 0.5).bfloat16()
+    out, ref = native.rms_norm(x, weight, 1e-6), _rms(x, weight, 1e-6)
+    assert out.shape == x.shape and float((out.float() - ref.float()).abs().max()) <= 2**-7 * float(ref.abs().max())
+    assert (out != ref).float().mean() < 0.01  # float32 sums in another order: rarely one rounding step
+    gate_up = (torch.randn(5, 7, 2 * 24, generator=g) * 2).bfloat16()
+    assert torch.equal(native.silu_mul(gate_up), _silu_mul(gate_up.clone()))
