@@ -114,10 +114,15 @@ def test_bad_arguments_exit_with_a_message(tiny_checkpoint: Path) -> None:
 def test_rss_peak_sees_a_freed_allocation() -> None:
     from lbnl.bench.memory import RssPeak
 
+    import mmap
+
     with RssPeak() as meter:
-        block = bytearray(64 * 2**20)
-        block[:: 4096] = b"x" * len(block[:: 4096])  # touch every page
-        del block
+        # fresh pages from the kernel (a malloc'd buffer may reuse resident heap memory that earlier tests
+        # freed, once lbnl.hardware.tune_allocator has run in this process)
+        block = mmap.mmap(-1, 64 * 2**20)
+        for offset in range(0, len(block), 4096):  # touch every page
+            block[offset] = 1
+        block.close()
     assert meter.peak - meter.before >= 60 * 2**20
     with RssPeak() as again:  # the peak restarts at the current RSS
         pass

@@ -33,7 +33,7 @@ class EmbeddingTeacher:
     def __init__(self, path: str | Path, *, max_length: int = 256, batch_size: int = 64, cache_size: int = 200_000):
         from transformers import AutoModel, AutoTokenizer
 
-        path = Path(path)
+        path = Path(path).expanduser()
         if not (path / "config.json").is_file():
             raise InvalidInputError(f"loss.teacher: {path} is not a model directory (no config.json); "
                                     "fetch one with: python scripts/teacher.py fetch")
