@@ -18,7 +18,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -184,10 +184,13 @@ def weight_plan(quantize: str | None, device: str | torch.device | None,
     return quantize, dtype
 
 
-def quantize_model(model: Any, quantize: str | None) -> Any:
-    """Apply a quantization of :data:`QUANTIZATIONS` to a loaded model, in place (``None``: nothing)."""
+def quantize_model(model: Any, quantize: str | None, tokenizer: Any = None) -> Any:
+    """Apply a quantization of :data:`QUANTIZATIONS` to a loaded model, in place (``None``: nothing);
+    with the model's ``tokenizer``, ``int8`` smooths its activations (see :func:`quantize_int8`)."""
     if quantize == "int8":
-        return quantize_int8(model)
+        from .int8 import calibration_rows
+
+        return quantize_int8(model, calibration=None if tokenizer is None else calibration_rows(tokenizer))
     if quantize == "int8-dynamic":
         return quantize_int8_dynamic(model)
     if quantize is not None:
@@ -195,20 +198,30 @@ def quantize_model(model: Any, quantize: str | None) -> Any:
     return model
 
 
-def quantize_int8(model: Any, compiled: bool = True) -> Any:
+def quantize_int8(model: Any, compiled: bool = True, calibration: Sequence[Sequence[int]] | None = None,
+                  alpha: float | None = None) -> Any:
     """Run the decoder's matmuls in int8 (:mod:`lbnl.int8`: int8 weights per output channel, int8 activations
     per token), in place; the model keeps its float dtype for everything else (CPU only).
 
-    ``compiled`` fuses the quantization passes with ``torch.compile`` where a C++ compiler is available.
+    Args:
+        model: a loaded :class:`lbnl.model.LBNLModel` on the CPU.
+        compiled: fuse the quantization passes with ``torch.compile`` where a C++ compiler is available
+            (used only where :mod:`lbnl.native` kernels are not).
+        calibration: prompts (token ids) whose activation ranges calibrate SmoothQuant smoothing: channels
+            with outliers are divided down before quantizing and the weights take the factor up
+            (:func:`lbnl.int8.calibration_rows` builds the default ones); ``None``: no smoothing.
+        alpha: the smoothing exponent (default :data:`lbnl.int8.SMOOTHING_ALPHA`).
+
     Scores move: measure the ranking quality before relying on it (docs/results.md).
     """
-    from .int8 import convert_linears
+    from .int8 import SMOOTHING_ALPHA, activation_ranges, convert_linears
 
     if model.device.type != "cpu":
         raise InvalidInputError("int8 matmuls run on the CPU only (device='cpu')")
     if not model.fast_path:
         raise InvalidInputError("int8 matmuls need a backbone lbnl's fast path runs (Llama, Mistral, Qwen2, Qwen3)")
-    convert_linears(model.backbone, compiled)
+    ranges = activation_ranges(model.backbone, [list(row) for row in calibration]) if calibration else None
+    convert_linears(model.backbone, compiled, ranges=ranges, alpha=SMOOTHING_ALPHA if alpha is None else alpha)
     model.quantized = "int8"
     return model
 

@@ -27,9 +27,43 @@ import torch
 from torch import nn
 
 from . import native
+from .prompt import build_prompt
 
 #: Largest int8 magnitude used (symmetric quantization: -127..127, so negation is exact).
 QMAX = 127.0
+
+#: SmoothQuant's exponent for the default int8 path: how much of an activation channel's range moves into
+#: the weights (0: none, 1: all). docs/results.md ("int8 matmuls") has the measurement that chose it.
+SMOOTHING_ALPHA = 0.5
+
+#: Rerank requests whose prompts calibrate the smoothing (:func:`calibration_rows`): mixed English text of
+#: several kinds, since the channels that carry outliers are the model's, not the text's.
+CALIBRATION: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("What are the health effects of drinking tea every day?", (
+        "Regular tea drinkers in a ten-year cohort had a lower risk of stroke than people who rarely drank tea.",
+        "To brew loose-leaf tea, heat water to just below boiling and steep the leaves for three minutes.",
+        "The bank raised its interest rate by a quarter point, citing persistent inflation in services.",
+        "Caffeine blocks adenosine receptors, which is why a cup of tea or coffee makes people feel alert.",
+        "The striker scored twice in the second half and the home side won the cup final 3-1.",
+        "Polyphenols such as catechins act as antioxidants in laboratory studies; trials in people are mixed.",
+    )),
+    ("how do I list files sorted by modification time", (
+        "ls -lt lists directory contents in long format, newest first; add -r to reverse the order.",
+        "def sort_by_mtime(paths):\n    return sorted(paths, key=lambda p: p.stat().st_mtime)",
+        "The find command searches a directory tree; -mtime -1 matches files changed within a day.",
+        "NAME\n    stat - display file or file system status\nSYNOPSIS\n    stat [OPTION]... FILE...",
+        "Our hiking trail climbs 600 metres through pine forest before reaching the lake at the summit.",
+        "Returns a list containing the names of the entries in the directory given by path, in arbitrary order.",
+    )),
+    ("Who wrote the novel about a whale hunt, and when was it published?", (
+        "Moby-Dick, Herman Melville's novel of Captain Ahab's pursuit of a white whale, appeared in 1851.",
+        "Blue whales are the largest animals known to have lived; an adult can exceed 30 metres in length.",
+        "The treaty was signed in 1648 and ended thirty years of war in central Europe.",
+        "Photosynthesis converts light energy, water and carbon dioxide into glucose and oxygen.",
+        "In 1851 the Great Exhibition opened in London's Crystal Palace, showing industry from many nations.",
+        "Whaling ships from Nantucket sailed for years at a time, hunting sperm whales for their oil.",
+    )),
+)
 
 
 # --- elementwise kernels ------------------------------------------------------------------------
@@ -253,6 +287,13 @@ def activation_ranges(backbone: nn.Module, rows: list[list[int]]) -> dict[str, t
         for h in hooks:
             h.remove()
     return ranges
+
+
+def calibration_rows(tokenizer: Any) -> list[list[int]]:
+    """Token ids of the LBNL prompts of :data:`CALIBRATION`: what :func:`activation_ranges` reads to
+    calibrate the smoothing of :func:`convert_linears`."""
+    return [list(tokenizer(build_prompt(query, docs), add_special_tokens=False)["input_ids"])
+            for query, docs in CALIBRATION]
 
 
 def smoothing(x_range: torch.Tensor, weights: list[torch.Tensor], alpha: float) -> torch.Tensor:

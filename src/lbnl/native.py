@@ -43,8 +43,8 @@ constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kC1 = 0.6931471805599453f, kC2 = 0.2402265069591007f, kC3 = 0.0555041086648216f,
                 kC4 = 0.0096181291076285f, kC5 = 0.0013333558146428f, kC6 = 0.0001540353039338f;
 
-inline float exp_scalar(float x) {  // x <= 0
-  float t = std::fmax(x * kLog2e, -126.0f);
+inline float exp_scalar(float x) {  // exp(x), clamped to 2^-126 .. 2^126
+  float t = std::fmin(std::fmax(x * kLog2e, -126.0f), 126.0f);
   float n = std::nearbyint(t);
   float f = t - n;
   float p = 1.0f + f * (kC1 + f * (kC2 + f * (kC3 + f * (kC4 + f * (kC5 + f * kC6)))));
@@ -208,17 +208,6 @@ void causal_softmax_int32(const torch::Tensor& acc, const torch::Tensor& row_sca
 
 // ---- int8 matmul helpers (lbnl.int8), bf16 activations ----
 
-inline float exp_any(float x) {
-  float t = std::fmin(std::fmax(x * kLog2e, -126.0f), 126.0f);
-  float n = std::nearbyint(t);
-  float f = t - n;
-  float p = 1.0f + f * (kC1 + f * (kC2 + f * (kC3 + f * (kC4 + f * (kC5 + f * kC6)))));
-  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, 4);
-  return p * scale;
-}
-
 inline float round_bf16(float v) { return bf16_to_float(float_to_bf16(v)); }
 
 // Quantize one row of floats in buf[0, k) to int8 with a symmetric scale; returns the scale.
@@ -331,7 +320,7 @@ std::vector<torch::Tensor> silu_mul_quantize_bf16(const torch::Tensor& acc, cons
       for (; j < half; ++j) {
         const float g = round_bf16(static_cast<float>(gate[j]) * s * cs[j]);
         const float u = round_bf16(static_cast<float>(up[j]) * s * cs[half + j]);
-        const float a = round_bf16(g / (1.0f + exp_any(-g)));
+        const float a = round_bf16(g / (1.0f + exp_scalar(-g)));
         buf[j] = round_bf16(a * u) * inv[j];
       }
       so[r] = quantize_row(buf.data(), half, qo + r * half);
@@ -405,7 +394,7 @@ torch::Tensor silu_mul_bf16(const torch::Tensor& gate_up) {
 #endif
       for (; j < half; ++j) {
         const float g = bf16_to_float(gate[j]);
-        orow[j] = float_to_bf16(round_bf16(g / (1.0f + exp_any(-g))) * bf16_to_float(up[j]));
+        orow[j] = float_to_bf16(round_bf16(g / (1.0f + exp_scalar(-g))) * bf16_to_float(up[j]));
       }
     }
   });

@@ -145,11 +145,43 @@ def test_reranker_int8_paths(tiny_checkpoint: Path) -> None:
     exact = Reranker.from_pretrained(tiny_checkpoint, device="cpu", fusion=None)
     w8a8 = Reranker.from_pretrained(tiny_checkpoint, device="cpu", quantize="int8", fusion=None)
     assert w8a8.model.quantized == "int8" and w8a8.model.dtype == exact.model.dtype
+    # smoothed with the built-in calibration: the factors went into the norms before q/k/v and gate/up
+    layer, plain = w8a8.model.backbone.layers[0], exact.model.backbone.layers[0]
+    assert not torch.equal(layer.input_layernorm.weight, plain.input_layernorm.weight)
+    assert not torch.equal(layer.post_attention_layernorm.weight, plain.post_attention_layernorm.weight)
+    assert layer.self_attn.q_proj.inverse is None and layer.mlp.down_proj.inverse is not None
     a = sorted(exact.rerank("green tea", docs), key=lambda r: r.index)
     b = sorted(w8a8.rerank("green tea", docs), key=lambda r: r.index)
     assert max(abs(x.relevance_score - y.relevance_score) for x, y in zip(a, b)) < 0.05
     assert weight_plan("int8", "cpu", None) == ("int8", None)
     assert weight_plan("int8-dynamic", "cpu", None) == ("int8-dynamic", "float32")
+
+
+def test_calibration_prompts_are_real_rerank_prompts(tiny_checkpoint: Path) -> None:
+    from lbnl.checkpoints import load_tokenizer
+    from lbnl.model import special_token_ids
+
+    tokenizer = load_tokenizer(tiny_checkpoint)
+    rows = int8.calibration_rows(tokenizer)
+    embed, rerank = special_token_ids(tokenizer)
+    assert len(rows) == len(int8.CALIBRATION)
+    for row, (_, docs) in zip(rows, int8.CALIBRATION):
+        assert row.count(embed) == len(docs) and row.count(rerank) == 1
+
+
+def test_calibration_changes_only_the_smoothing(tiny_checkpoint: Path, int_mm_calls: list) -> None:
+    from lbnl.checkpoints import load_tokenizer
+    from lbnl.hardware import quantize_int8
+
+    rows = int8.calibration_rows(load_tokenizer(tiny_checkpoint))
+    plain = quantize_int8(_model(tiny_checkpoint, torch.float32), compiled=False)
+    smooth = quantize_int8(_model(tiny_checkpoint, torch.float32), compiled=False, calibration=rows, alpha=0.5)
+    assert plain.backbone.layers[0].mlp.down_proj.inverse is None
+    assert smooth.backbone.layers[0].mlp.down_proj.inverse is not None
+    with torch.inference_mode():
+        a, _, _ = decode(plain.backbone, rows[:1], attention="chunked")
+        b, _, _ = decode(smooth.backbone, rows[:1], attention="chunked")
+    assert int_mm_calls and float(torch.nn.functional.cosine_similarity(a, b, dim=-1).min()) > 0.99
 
 
 def test_fastest_picks_int8_only_when_enabled(monkeypatch: pytest.MonkeyPatch) -> None:
