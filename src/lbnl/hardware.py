@@ -184,13 +184,10 @@ def weight_plan(quantize: str | None, device: str | torch.device | None,
     return quantize, dtype
 
 
-def quantize_model(model: Any, quantize: str | None, tokenizer: Any = None) -> Any:
-    """Apply a quantization of :data:`QUANTIZATIONS` to a loaded model, in place (``None``: nothing);
-    with the model's ``tokenizer``, ``int8`` smooths its activations (see :func:`quantize_int8`)."""
+def quantize_model(model: Any, quantize: str | None) -> Any:
+    """Apply a quantization of :data:`QUANTIZATIONS` to a loaded model, in place (``None``: nothing)."""
     if quantize == "int8":
-        from .int8 import calibration_rows
-
-        return quantize_int8(model, calibration=None if tokenizer is None else calibration_rows(tokenizer))
+        return quantize_int8(model)
     if quantize == "int8-dynamic":
         return quantize_int8_dynamic(model)
     if quantize is not None:
@@ -209,7 +206,9 @@ def quantize_int8(model: Any, compiled: bool = True, calibration: Sequence[Seque
             (used only where :mod:`lbnl.native` kernels are not).
         calibration: prompts (token ids) whose activation ranges calibrate SmoothQuant smoothing: channels
             with outliers are divided down before quantizing and the weights take the factor up
-            (:func:`lbnl.int8.calibration_rows` builds the default ones); ``None``: no smoothing.
+            (:func:`lbnl.int8.calibration_rows` builds some from built-in text); ``None`` (default, what
+            ``quantize="int8"`` does): no smoothing. Smoothing is opt-in because on lbnl-small-v3 it
+            helped on some text and hurt on other (docs/results.md, "int8 matmuls").
         alpha: the smoothing exponent (default :data:`lbnl.int8.SMOOTHING_ALPHA`).
 
     Scores move: measure the ranking quality before relying on it (docs/results.md).

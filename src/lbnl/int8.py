@@ -32,12 +32,12 @@ from .prompt import build_prompt
 #: Largest int8 magnitude used (symmetric quantization: -127..127, so negation is exact).
 QMAX = 127.0
 
-#: SmoothQuant's exponent for the default int8 path: how much of an activation channel's range moves into
-#: the weights (0: none, 1: all). docs/results.md ("int8 matmuls") has the measurement that chose it.
+#: SmoothQuant's default exponent (:func:`lbnl.hardware.quantize_int8` with a calibration): how much of an
+#: activation channel's range moves into the weights (0: none, 1: all); docs/results.md ("int8 matmuls").
 SMOOTHING_ALPHA = 0.5
 
-#: Rerank requests whose prompts calibrate the smoothing (:func:`calibration_rows`): mixed English text of
-#: several kinds, since the channels that carry outliers are the model's, not the text's.
+#: Rerank requests whose prompts can calibrate the smoothing (:func:`calibration_rows`): mixed English text of
+#: several kinds (general, code, man pages, history).
 CALIBRATION: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("What are the health effects of drinking tea every day?", (
         "Regular tea drinkers in a ten-year cohort had a lower risk of stroke than people who rarely drank tea.",
@@ -292,7 +292,7 @@ def activation_ranges(backbone: nn.Module, rows: list[list[int]]) -> dict[str, t
 def calibration_rows(tokenizer: Any) -> list[list[int]]:
     """Token ids of the LBNL prompts of :data:`CALIBRATION`: what :func:`activation_ranges` reads to
     calibrate the smoothing of :func:`convert_linears`."""
-    return [list(tokenizer(build_prompt(query, docs), add_special_tokens=False)["input_ids"])
+    return [list(tokenizer(build_prompt(query, docs), add_special_tokens=True)["input_ids"])
             for query, docs in CALIBRATION]
 
 

@@ -124,7 +124,7 @@ class Reranker(BaseReranker):
         info = read_info(path)
         kwargs.setdefault("block_size", info.block_size if preset is None and info.block_size else settings.block_size)
         model, tokenizer = load_checkpoint(info, dtype=dtype, device=device)
-        quantize_model(model, quantize, tokenizer)
+        quantize_model(model, quantize)
         kwargs.setdefault("name", name)
         kwargs.setdefault("source", path)
         kwargs.setdefault("pointwise", info.mode == "pointwise")
