@@ -61,12 +61,12 @@ def drift(reference: list[list[float]], scores: list[list[float]]) -> dict[str, 
     """Mean and largest absolute change, mean Kendall tau per list and top-10 overlap."""
     from scipy.stats import kendalltau
 
+    from lbnl.bench.runner import top_agreement
+
     diffs = [abs(a - b) for ref, got in zip(reference, scores) for a, b in zip(ref, got)]
-    top = [len(set(sorted(range(len(r)), key=r.__getitem__)[-10:]) & set(sorted(range(len(g)), key=g.__getitem__)[-10:]))
-           / min(10, len(r)) for r, g in zip(reference, scores)]
     taus = [kendalltau(r, g)[0] for r, g in zip(reference, scores)]
     return {"mean_abs_diff": sum(diffs) / len(diffs), "max_abs_diff": max(diffs),
-            "kendall_tau": float(sum(taus) / len(taus)), "top10_overlap": sum(top) / len(top)}
+            "kendall_tau": float(sum(taus) / len(taus)), "top10_overlap": top_agreement(reference, scores, 10)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -239,7 +239,7 @@ def run_workload(loader: Loader, specs: list[PathSpec], workload: Workload | For
         for res in results.values():
             if res.status == "ok" and res is not ref:
                 res.max_abs_diff[base] = max(abs(a - b) for x, y in zip(res.scores, ref.scores) for a, b in zip(x, y))
-                res.top10_agreement[base] = _top_agreement(res.scores, ref.scores, 10)
+                res.top10_agreement[base] = top_agreement(res.scores, ref.scores, 10)
     peers = [s for s in runnable if s.kind == "peer"]
     if peers:  # the hidden states the peers read, against the float32 reference, and every path's on the same prompts
         from ..model import special_token_ids
@@ -290,7 +290,7 @@ def run_forward_workload(loader: Loader, specs: list[PathSpec], workload: Forwar
             "tokens": len(ids), "source": source, "results": [asdict(r) for r in results.values()]}
 
 
-def _top_agreement(a: list[list[float]], b: list[list[float]], k: int) -> float:
+def top_agreement(a: list[list[float]], b: list[list[float]], k: int) -> float:
     """Mean share of the top-k documents two scorings agree on."""
     shares = []
     for x, y in zip(a, b):
