@@ -42,6 +42,12 @@ def test_embeddings_are_cached_per_text(teacher_dir: Path) -> None:
     assert teacher.scores("q", []).numel() == 0
 
 
+def test_one_call_may_hold_more_texts_than_the_cache(teacher_dir: Path) -> None:
+    small, large = EmbeddingTeacher(teacher_dir, cache_size=1), EmbeddingTeacher(teacher_dir)
+    assert torch.equal(small.scores("q", ["a", "b", "c"]), large.scores("q", ["a", "b", "c"]))
+    assert len(small._cache) == 1
+
+
 def test_not_a_model_directory_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="teacher.py fetch"):
         EmbeddingTeacher(tmp_path)

@@ -65,11 +65,12 @@ class EmbeddingTeacher:
         if missing:
             for text, vec in zip(missing, self._encode(missing)):
                 self._cache[text] = vec.clone()
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
         for t in texts:
             self._cache.move_to_end(t)
-        return torch.stack([self._cache[t] for t in texts])
+        out = torch.stack([self._cache[t] for t in texts])
+        while len(self._cache) > self.cache_size:  # after reading: this call's texts may exceed the cache
+            self._cache.popitem(last=False)
+        return out
 
     def scores(self, query: str, documents: Sequence[str]) -> torch.Tensor:
         """``[len(documents)]`` cosines of each document with the query."""
