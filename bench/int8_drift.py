@@ -1,13 +1,14 @@
-"""How far int8 variants move a model's scores from bf16: what chose the int8 path's smoothing.
+"""How far int8 variants move a model's scores from bf16: what chose the int8 path's outlier channels.
 
     python bench/int8_drift.py --model lbnl-small-v3 --data data/v2/heldout/manpages --data data/v2/heldout/pydocs \
-        [--split dev] [--queries 12] [--variants plain,smooth:0.5,smooth:0.65,keep:mlp,keep:attn] [--output FILE.json]
+        [--split dev] [--queries 12] [--variants plain,outliers:16,smooth:0.5,keep:mlp] [--output FILE.json]
 
 Reranks the BM25 top 20 (128 tokens per document) of a seeded sample of each dataset's queries once in bf16 and
 once per variant, and reports the mean and largest score change, the mean Kendall tau of each list's order and
 the top-10 overlap against bf16. Use dev splits: this is for choosing settings, not for reporting quality.
-Variants: ``plain`` (no smoothing), ``smooth:A`` (SmoothQuant with exponent A, calibrated on the built-in
-prompts of ``lbnl.int8.CALIBRATION``, as ``quantize="int8"`` does), ``keep:mlp`` / ``keep:attn`` (plain, with
+Variants: ``plain`` (``quantize="int8-plain"``), ``outliers:N`` (N outlier input channels per matmul kept in
+bf16, chosen on the built-in prompts of ``lbnl.int8.CALIBRATION``; ``quantize="int8"`` is ``outliers:16``),
+``smooth:A`` (SmoothQuant with exponent A, calibrated on the same prompts), ``keep:mlp`` / ``keep:attn`` (plain, with
 every MLP / every attention projection left in bf16: where the error comes from).
 """
 
@@ -48,6 +49,9 @@ def convert(reranker: Any, variant: str) -> None:
     if kind == "smooth":
         quantize_int8(reranker.model, calibration=calibration_rows(reranker.tokenizer), alpha=float(value))
         return
+    if kind == "outliers":
+        quantize_int8(reranker.model, calibration=calibration_rows(reranker.tokenizer), outliers=int(value))
+        return
     names = {"mlp": ["mlp"], "attn": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"],
              "": []}[value if kind == "keep" else ""]
     kept = [(layer, name, layer.get_submodule(name)) for layer in layers for name in names]
@@ -78,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k", type=int, default=20)
     parser.add_argument("--max-doc-length", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--variants", default="plain,smooth:0.5,smooth:0.65,keep:mlp,keep:attn")
+    parser.add_argument("--variants", default="plain,outliers:16,smooth:0.5,keep:mlp,keep:attn")
     parser.add_argument("--output", default=None, help="write the table as JSON")
     args = parser.parse_args(argv)
     import torch

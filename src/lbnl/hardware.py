@@ -127,7 +127,9 @@ class Preset:
 #: ``Reranker.from_pretrained(..., quantize=name)``: what each quantization does.
 QUANTIZATIONS = {
     "int8": "int8 weights (per output channel) and int8 activations (per token) in the decoder's matmuls, "
-            "int32 accumulation, everything else in the model's float dtype (lbnl.int8); fast on CPUs with VNNI",
+            "int32 accumulation, except each matmul's 16 outlier input channels (calibrated on built-in rerank "
+            "prompts), everything else in the model's float dtype (lbnl.int8); fast on CPUs with VNNI",
+    "int8-plain": "int8 as above with no outlier channels: a little faster, scores move about twice as much",
     "int8-dynamic": "torch.ao dynamic quantization of a float32 model's linear layers (fbgemm: int8 weights, "
                     "activations quantized per tensor per call)",
 }
@@ -184,9 +186,16 @@ def weight_plan(quantize: str | None, device: str | torch.device | None,
     return quantize, dtype
 
 
-def quantize_model(model: Any, quantize: str | None) -> Any:
-    """Apply a quantization of :data:`QUANTIZATIONS` to a loaded model, in place (``None``: nothing)."""
+def quantize_model(model: Any, quantize: str | None, tokenizer: Any = None) -> Any:
+    """Apply a quantization of :data:`QUANTIZATIONS` to a loaded model, in place (``None``: nothing);
+    ``int8`` calibrates its outlier channels on built-in prompts made with ``tokenizer``."""
     if quantize == "int8":
+        if tokenizer is None:
+            raise InvalidInputError("quantize='int8' needs the model's tokenizer to calibrate its outlier channels")
+        from .int8 import OUTLIER_CHANNELS, calibration_rows
+
+        return quantize_int8(model, calibration=calibration_rows(tokenizer), outliers=OUTLIER_CHANNELS)
+    if quantize == "int8-plain":
         return quantize_int8(model)
     if quantize == "int8-dynamic":
         return quantize_int8_dynamic(model)
@@ -196,7 +205,7 @@ def quantize_model(model: Any, quantize: str | None) -> Any:
 
 
 def quantize_int8(model: Any, compiled: bool = True, calibration: Sequence[Sequence[int]] | None = None,
-                  alpha: float | None = None) -> Any:
+                  alpha: float | None = None, outliers: int = 0) -> Any:
     """Run the decoder's matmuls in int8 (:mod:`lbnl.int8`: int8 weights per output channel, int8 activations
     per token), in place; the model keeps its float dtype for everything else (CPU only).
 
@@ -204,12 +213,14 @@ def quantize_int8(model: Any, compiled: bool = True, calibration: Sequence[Seque
         model: a loaded :class:`lbnl.model.LBNLModel` on the CPU.
         compiled: fuse the quantization passes with ``torch.compile`` where a C++ compiler is available
             (used only where :mod:`lbnl.native` kernels are not).
-        calibration: prompts (token ids) whose activation ranges calibrate SmoothQuant smoothing: channels
-            with outliers are divided down before quantizing and the weights take the factor up
-            (:func:`lbnl.int8.calibration_rows` builds some from built-in text); ``None`` (default, what
-            ``quantize="int8"`` does): no smoothing. Smoothing is opt-in because on lbnl-small-v3 it
+        calibration: prompts (token ids, :func:`lbnl.int8.calibration_rows` builds some from built-in text)
+            whose activation ranges choose the ``outliers`` channels or, with no ``outliers``, calibrate
+            SmoothQuant smoothing (channels with outliers divided down before quantizing, the weights taking
+            the factor up). ``None`` (default): neither. Smoothing is opt-in because on lbnl-small-v3 it
             helped on some text and hurt on other (docs/results.md, "int8 matmuls").
         alpha: the smoothing exponent (default :data:`lbnl.int8.SMOOTHING_ALPHA`).
+        outliers: input channels per matmul kept out of int8 and multiplied in the float dtype
+            (``quantize="int8"`` keeps :data:`lbnl.int8.OUTLIER_CHANNELS`); needs ``calibration``.
 
     Scores move: measure the ranking quality before relying on it (docs/results.md).
     """
@@ -219,8 +230,11 @@ def quantize_int8(model: Any, compiled: bool = True, calibration: Sequence[Seque
         raise InvalidInputError("int8 matmuls run on the CPU only (device='cpu')")
     if not model.fast_path:
         raise InvalidInputError("int8 matmuls need a backbone lbnl's fast path runs (Llama, Mistral, Qwen2, Qwen3)")
+    if outliers and not calibration:
+        raise InvalidInputError("outlier channels are chosen on calibration prompts: pass calibration")
     ranges = activation_ranges(model.backbone, [list(row) for row in calibration]) if calibration else None
-    convert_linears(model.backbone, compiled, ranges=ranges, alpha=SMOOTHING_ALPHA if alpha is None else alpha)
+    convert_linears(model.backbone, compiled, ranges=ranges, alpha=SMOOTHING_ALPHA if alpha is None else alpha,
+                    outliers=outliers)
     model.quantized = "int8"
     return model
 

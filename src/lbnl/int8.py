@@ -15,7 +15,12 @@ In bf16 on a CPU the elementwise passes (quantize, dequantize, the MLP's middle,
 dequantization, mask and softmax) are :mod:`lbnl.native` kernels; elsewhere, or where those cannot be
 built, they go through ``torch.compile`` when it works here (it needs a C++ compiler), else run eagerly;
 results agree up to float rounding. The projector and every norm stay in the model's float dtype.
-Scores move: docs/results.md ("int8 matmuls") says by how much.
+
+Two calibrated refinements read the activation ranges of a few rerank prompts (:func:`activation_ranges`):
+*outlier channels* (as in LLM.int8() and QUIK, but static): the few input channels of each matmul with the
+largest calibrated magnitudes are left out of the int8 product (so they no longer set every token's scale)
+and multiplied in the model's float dtype beside it; and *smoothing* (SmoothQuant), which moves part of
+each channel's range into the weights. Scores move: docs/results.md ("int8 matmuls") says by how much.
 """
 
 from __future__ import annotations
@@ -36,7 +41,11 @@ QMAX = 127.0
 #: activation channel's range moves into the weights (0: none, 1: all); docs/results.md ("int8 matmuls").
 SMOOTHING_ALPHA = 0.5
 
-#: Rerank requests whose prompts can calibrate the smoothing (:func:`calibration_rows`): mixed English text of
+#: Input channels per matmul that ``quantize="int8"`` keeps out of int8 (:func:`convert_linears`'s ``outliers``):
+#: those with the largest magnitudes over the :data:`CALIBRATION` prompts.
+OUTLIER_CHANNELS = 16
+
+#: Rerank requests whose prompts can calibrate the outlier channels and the smoothing (:func:`calibration_rows`): mixed English text of
 #: several kinds (general, code, man pages, history).
 CALIBRATION: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("What are the health effects of drinking tea every day?", (
@@ -141,18 +150,21 @@ def kernel(name: str, compiled: bool = True) -> Any:
 @dataclass
 class QuantizedRows:
     """Activations quantized per token, shared by several linear layers reading the same input: int8
-    ``values`` [..., features] and float32 ``scale`` [..., 1]. Indexing selects tokens of both."""
+    ``values`` [..., features] and float32 ``scale`` [..., 1]; with outlier channels, ``outliers``
+    [..., n] holds their values in ``dtype`` (``values`` is 0 there). Indexing selects tokens of all."""
 
     values: torch.Tensor
     scale: torch.Tensor
     dtype: torch.dtype
+    outliers: torch.Tensor | None = None
 
     @property
     def shape(self) -> torch.Size:
         return self.values.shape
 
     def __getitem__(self, index: Any) -> "QuantizedRows":
-        return QuantizedRows(self.values[index], self.scale[index], self.dtype)
+        return QuantizedRows(self.values[index], self.scale[index], self.dtype,
+                             None if self.outliers is None else self.outliers[index])
 
 
 def _native_dtype(dtype: torch.dtype, device: torch.device) -> bool:
@@ -164,16 +176,19 @@ def _native(x: torch.Tensor) -> bool:
     return _native_dtype(x.dtype, x.device)
 
 
-def quantize_rows(x: torch.Tensor, compiled: bool = True, inverse: torch.Tensor | None = None) -> QuantizedRows:
+def quantize_rows(x: torch.Tensor, compiled: bool = True, inverse: torch.Tensor | None = None,
+                  outlier_index: torch.Tensor | None = None) -> QuantizedRows:
     """``x`` quantized per token (its last dimension), for one or more :class:`Int8Linear` layers; with
-    ``inverse``, ``x * inverse`` (per-channel smoothing)."""
+    ``inverse``, ``x * inverse`` (per-channel smoothing; 0 at outlier channels); with ``outlier_index``,
+    those channels' values are kept as they are."""
     if _native(x):
         values, scale = native.quantize_rows(x, inverse)
     elif inverse is None:
         values, scale = kernel("quantize", compiled)(x)
     else:
         values, scale = kernel("quantize_smoothed", compiled)(x, inverse)
-    return QuantizedRows(values, scale, x.dtype)
+    outliers = None if outlier_index is None else x.index_select(-1, outlier_index)
+    return QuantizedRows(values, scale, x.dtype, outliers)
 
 
 def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,29 +202,42 @@ class Int8Linear(nn.Module):
     token, computed per call); int32 accumulation, output in the float dtype of the input."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, compiled: bool = True,
-                 smooth: torch.Tensor | None = None):
+                 smooth: torch.Tensor | None = None, outliers: torch.Tensor | None = None):
         """``smooth`` (per input channel): the weight's columns are multiplied by it and every input divided
-        by it before quantization (SmoothQuant), so channels with outliers spread over both sides."""
+        by it before quantization (SmoothQuant), so channels with outliers spread over both sides.
+        ``outliers`` (input channel indices): those columns stay in the weight's float dtype and their
+        inputs are multiplied there, outside the int8 product and its scales."""
         super().__init__()
+        dtype = weight.dtype
         weight = weight.detach().float()
         if smooth is not None:
             weight = weight * smooth.float()
+        inverse = None if smooth is None else (1.0 / smooth.float()).contiguous()
+        if outliers is not None:
+            outliers = outliers.detach().long().contiguous()
+            self.register_buffer("outlier_weight", weight[:, outliers].to(dtype).contiguous())
+            weight = weight.index_fill(1, outliers, 0.0)
+            inverse = (torch.ones(weight.shape[1]) if inverse is None else inverse).index_fill(0, outliers, 0.0)
+        else:
+            self.register_buffer("outlier_weight", None)
         q, scale = quantize_weight(weight)
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
         self.register_buffer("qweight", q)
         self.register_buffer("weight_scale", scale)
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
-        self.register_buffer("inverse", None if smooth is None else (1.0 / smooth.float()).contiguous())
+        self.register_buffer("inverse", inverse)
+        self.register_buffer("outlier_index", outliers)
         self.compiled = compiled
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, compiled: bool = True, smooth: torch.Tensor | None = None
-                    ) -> "Int8Linear":
-        return cls(linear.weight, linear.bias, compiled, smooth)
+    def from_linear(cls, linear: nn.Linear, compiled: bool = True, smooth: torch.Tensor | None = None,
+                    outliers: torch.Tensor | None = None) -> "Int8Linear":
+        return cls(linear.weight, linear.bias, compiled, smooth, outliers)
 
     def quantize(self, x: torch.Tensor) -> QuantizedRows:
-        """``x`` quantized per token for this layer (smoothed first when the layer has a smoothing)."""
-        return quantize_rows(x, self.compiled, self.inverse)
+        """``x`` quantized per token for this layer (smoothed first when the layer has a smoothing; its
+        outlier channels kept aside)."""
+        return quantize_rows(x, self.compiled, self.inverse, self.outlier_index)
 
     def matmul(self, x: QuantizedRows) -> torch.Tensor:
         """int32 products [tokens, out] of already quantized rows (any leading shape, flattened)."""
@@ -224,28 +252,42 @@ class Int8Linear(nn.Module):
             out = kernel("dequantize", self.compiled)(acc, rows.scale.reshape(-1, 1), self.weight_scale, rows.dtype)
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
+        if self.outlier_weight is not None:
+            assert rows.outliers is not None, "rows quantized without this layer's outlier channels"
+            extra = rows.outliers.reshape(-1, rows.outliers.shape[-1]).to(self.outlier_weight.dtype)
+            out = torch.addmm(out, extra, self.outlier_weight.t())
         return out.view(*rows.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        kept = 0 if self.outlier_index is None else self.outlier_index.numel()
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"outliers={kept}")
 
 
 class Int8GatedMLP(nn.Module):
     """The SiLU-gated MLP of Llama-family models (``down(silu(gate(x)) * up(x))``) in int8: one quantization of
-    ``x``, one joined gate/up matmul, dequantization, SiLU product and requantization in one pass, then down."""
+    ``x``, one joined gate/up matmul, dequantization, SiLU product and requantization in one pass, then down
+    (with outlier channels: the gate/up output dequantized first, then the SiLU product, then down)."""
 
     def __init__(self, gate: nn.Linear, up: nn.Linear, down: nn.Linear, compiled: bool = True,
-                 smooth_in: torch.Tensor | None = None, smooth_mid: torch.Tensor | None = None):
+                 smooth_in: torch.Tensor | None = None, smooth_mid: torch.Tensor | None = None,
+                 outliers_in: torch.Tensor | None = None, outliers_mid: torch.Tensor | None = None):
         super().__init__()
         self.gate_up = Int8Linear(torch.cat([gate.weight.detach(), up.weight.detach()], dim=0), None, compiled,
-                                  smooth_in)
-        self.down_proj = Int8Linear.from_linear(down, compiled, smooth_mid)
+                                  smooth_in, outliers_in)
+        self.down_proj = Int8Linear.from_linear(down, compiled, smooth_mid, outliers_mid)
         self.register_buffer("mid_inverse", torch.ones(down.in_features) if self.down_proj.inverse is None
                              else self.down_proj.inverse)
         self.compiled = compiled
 
     def forward(self, x: torch.Tensor | QuantizedRows) -> torch.Tensor:
         rows = x if isinstance(x, QuantizedRows) else self.gate_up.quantize(x)
+        if self.gate_up.outlier_index is not None or self.down_proj.outlier_index is not None:
+            gate_up = self.gate_up(rows)
+            if _native(gate_up) and gate_up.is_contiguous():
+                return self.down_proj(native.silu_mul(gate_up))
+            half = gate_up.shape[-1] // 2
+            return self.down_proj(torch.nn.functional.silu(gate_up[..., :half]) * gate_up[..., half:])
         acc = self.gate_up.matmul(rows)
         if _native_dtype(rows.dtype, acc.device):
             mid, scale = native.silu_mul_quantize(acc, rows.scale, self.gate_up.weight_scale, self.mid_inverse)
@@ -315,49 +357,70 @@ def _fold(norm: nn.Module | None, s: torch.Tensor | None) -> torch.Tensor | None
     return None
 
 
+def outlier_channels(x_range: torch.Tensor, count: int) -> torch.Tensor:
+    """The ``count`` input channels with the largest calibrated magnitudes (sorted indices)."""
+    return torch.topk(x_range, min(count, x_range.numel())).indices.sort().values
+
+
 def convert_linears(backbone: nn.Module, compiled: bool = True, ranges: dict[str, torch.Tensor] | None = None,
-                    alpha: float = 0.5) -> int:
+                    alpha: float = 0.5, outliers: int = 0) -> int:
     """Replace the attention projections and MLP of every decoder layer of a Llama-family ``backbone`` by
     int8 ones, in place. Returns how many matmuls were converted.
 
-    With ``ranges`` (:func:`activation_ranges`), inputs are smoothed as in SmoothQuant (factor exponent
-    ``alpha``): for the query/key/value and gate/up inputs the factors are folded into the preceding
-    RMSNorm's weight; the output and down projections divide their input when quantizing it.
+    With ``ranges`` (:func:`activation_ranges`) and ``outliers`` > 0, each matmul keeps that many input
+    channels (those with the largest ranges) out of int8 (:class:`Int8Linear`). With ``ranges`` and no
+    ``outliers``, inputs are smoothed as in SmoothQuant (factor exponent ``alpha``): for the query/key/value
+    and gate/up inputs the factors are folded into the preceding RMSNorm's weight; the output and down
+    projections divide their input when quantizing it.
     """
+    if outliers < 0:
+        raise ValueError("outliers must be >= 0")
+    if outliers and ranges is None:
+        raise ValueError("outlier channels are chosen from calibrated ranges: pass ranges")
     converted = 0
     for i, layer in enumerate(backbone.layers):
         attn, mlp = layer.self_attn, layer.mlp
 
         def factors(prefix: str, module: nn.Module, names: list[str]) -> torch.Tensor | None:
             key = f"{i}.{prefix}.{names[0]}"
-            if ranges is None or key not in ranges:
+            if ranges is None or key not in ranges or outliers:
                 return None
             return smoothing(ranges[key], [getattr(module, n).weight for n in names], alpha)
+
+        def kept(prefix: str, name: str) -> torch.Tensor | None:
+            key = f"{i}.{prefix}.{name}"
+            if not outliers or ranges is None or key not in ranges:
+                return None
+            return outlier_channels(ranges[key], outliers)
 
         qkv = ["q_proj", "k_proj", "v_proj"]
         if all(type(getattr(attn, n, None)) is nn.Linear for n in qkv):
             s = factors("self_attn", attn, qkv)
             folded = s is not None and _fold(layer.input_layernorm, s) is None
-            made = [Int8Linear.from_linear(getattr(attn, n), compiled, s) for n in qkv]
+            made = [Int8Linear.from_linear(getattr(attn, n), compiled, s, kept("self_attn", qkv[0])) for n in qkv]
             for name, linear in zip(qkv, made):
-                linear.inverse = None if folded else made[0].inverse  # one quantization serves all three
+                # one quantization serves all three
+                linear.inverse = None if folded and made[0].outlier_index is None else made[0].inverse
+                linear.outlier_index = made[0].outlier_index
                 setattr(attn, name, linear)
             converted += 3
         if type(getattr(attn, "o_proj", None)) is nn.Linear:
-            attn.o_proj = Int8Linear.from_linear(attn.o_proj, compiled, factors("self_attn", attn, ["o_proj"]))
+            attn.o_proj = Int8Linear.from_linear(attn.o_proj, compiled, factors("self_attn", attn, ["o_proj"]),
+                                                 kept("self_attn", "o_proj"))
             converted += 1
         if _gated(mlp):
             s = factors("mlp", mlp, ["gate_proj", "up_proj"])
             folded = s is not None and _fold(layer.post_attention_layernorm, s) is None
             layer.mlp = Int8GatedMLP(mlp.gate_proj, mlp.up_proj, mlp.down_proj, compiled, s,
-                                     factors("mlp", mlp, ["down_proj"]))
+                                     factors("mlp", mlp, ["down_proj"]), kept("mlp", "gate_proj"),
+                                     kept("mlp", "down_proj"))
             if folded:
                 layer.mlp.gate_up.inverse = None
             converted += 2
         else:
             for name, child in list(mlp.named_children()):
                 if type(child) is nn.Linear:
-                    setattr(mlp, name, Int8Linear.from_linear(child, compiled))
+                    setattr(mlp, name, Int8Linear.from_linear(child, compiled, None, kept("mlp", name)))
                     converted += 1
     return converted
 
@@ -367,7 +430,8 @@ def shared_input(attn: nn.Module, x: torch.Tensor) -> torch.Tensor | QuantizedRo
     :class:`Int8Linear`, else ``x`` itself."""
     projections = [getattr(attn, n, None) for n in ("q_proj", "k_proj", "v_proj")]
     if all(isinstance(p, Int8Linear) for p in projections) and all(
-            p.inverse is projections[0].inverse for p in projections):
+            p.inverse is projections[0].inverse and p.outlier_index is projections[0].outlier_index
+            for p in projections):
         return projections[0].quantize(x)
     return x
 

@@ -106,7 +106,8 @@ class Reranker(BaseReranker):
             preset: ``"default"`` (the spec), ``"fast"`` or ``"fastest"`` (see
                 :data:`lbnl.hardware.PRESETS`); an explicit ``block_size`` or ``quantize`` overrides it.
             quantize: ``"int8"``: the decoder's matmuls in int8 (int8 weights and per-token int8 activations,
-                :mod:`lbnl.int8`; CPU, fast with VNNI); ``"int8-dynamic"``: torch.ao dynamic quantization of
+                a few calibrated outlier channels per matmul kept in the float dtype, :mod:`lbnl.int8`; CPU,
+                fast with VNNI); ``"int8-plain"``: the same without outlier channels; ``"int8-dynamic"``: torch.ao dynamic quantization of
                 a float32 model's linear layers; ``"none"``. Scores change (docs/results.md).
             fusion: ``"checkpoint"`` (default): lexical fusion if the checkpoint asks for it, returning
                 a :class:`lbnl.fusion.FusedReranker`; ``None``: the model's own scores; a weight or a
@@ -124,7 +125,7 @@ class Reranker(BaseReranker):
         info = read_info(path)
         kwargs.setdefault("block_size", info.block_size if preset is None and info.block_size else settings.block_size)
         model, tokenizer = load_checkpoint(info, dtype=dtype, device=device)
-        quantize_model(model, quantize)
+        quantize_model(model, quantize, tokenizer)
         kwargs.setdefault("name", name)
         kwargs.setdefault("source", path)
         kwargs.setdefault("pointwise", info.mode == "pointwise")

@@ -377,3 +377,43 @@ def test_distillation_follows_the_teacher(tiny_checkpoint: Path, planted: Path, 
     assert trainer.teacher is not None and trainer.teacher.texts_encoded > 0     # the teacher really scored
     assert min(r["distill"] for r, s in zip(trains, splits) if s) > 0            # lone splits are distilled too
     assert held_out_kl() < 0.95 * before                              # closer to the teacher on unseen lists
+
+
+def test_gated_distillation_teaches_only_the_lists_the_teacher_ranks_right(tiny_checkpoint: Path, planted: Path,
+                                                                          tmp_path: Path, monkeypatch) -> None:
+    """loss.distill_gate: the distillation term of a micro-batch covers exactly the lists whose positive the
+    teacher scores first (every list: the ungated term; none: 0)."""
+    from lbnl.testing.checkpoints import build_tiny_teacher
+    from lbnl.train import losses as L
+    from lbnl.train.lists import collate
+
+    teacher = build_tiny_teacher(tmp_path / "teacher")
+    base = overrides(tiny_checkpoint, planted, tmp_path / "gate", "optim.lists_per_batch=4", "data.validation_queries=0",
+                     "loss.distill=1", f"loss.teacher={teacher}", "run.save_every=0")
+    gated = Trainer(load_config(None, [*base, "loss.distill_gate=true"]))
+    plain = Trainer(load_config(None, base))
+    batches = [collate(plain.sampler.lists(s, 4), plain.pad_id) for s in range(0, 40, 4)]
+    real = L.teacher_agrees
+    seen: list[torch.Tensor] = []
+
+    def spy(*args, **kwargs):
+        seen.append(real(*args, **kwargs))
+        return seen[-1]
+
+    def distill(trainer: Trainer, batch) -> float:
+        trainer.model.eval()
+        with torch.no_grad():
+            return float(trainer.batch_losses(batch).components["distill"])
+
+    monkeypatch.setattr(L, "teacher_agrees", spy)
+    values = [(distill(gated, b), distill(plain, b)) for b in batches]
+    assert len(seen) == len(batches)                                   # the gate ran for every micro-batch
+    for (g, p), agree in zip(values, seen):
+        if not bool(agree.any()):
+            assert g == 0.0
+        elif bool(agree.all()):
+            assert g == pytest.approx(p, rel=1e-5)
+    mixed = [(g, p) for (g, p), agree in zip(values, seen) if bool(agree.any()) and not bool(agree.all())]
+    assert mixed and any(g != pytest.approx(p, rel=1e-5) for g, p in mixed)   # some lists were really left out
+    monkeypatch.setattr(L, "teacher_agrees", lambda teacher, mask, positive=None: torch.zeros(mask.shape[0], dtype=torch.bool))
+    assert distill(gated, batches[0]) == 0.0

@@ -91,6 +91,55 @@ def test_smoothing_keeps_the_function() -> None:
     assert error(smooth(x)) < error(plain(x)) and error(smooth(x)) < 0.05 * float(ref.abs().max())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_outlier_channels_stay_out_of_int8(dtype: torch.dtype, int_mm_calls: list) -> None:
+    linear = nn.Linear(32, 8, bias=True).to(dtype)
+    x = torch.randn(20, 32).to(dtype)
+    x[:, [3, 17]] *= 300  # two loud channels set every token's scale in plain int8
+    ref = linear(x).float()
+    kept = int8.outlier_channels(x.float().abs().amax(0), 2)
+    assert kept.tolist() == [3, 17]
+    layer = int8.Int8Linear.from_linear(linear, compiled=False, outliers=kept)
+    plain = int8.Int8Linear.from_linear(linear, compiled=False)
+    assert layer.outlier_weight.dtype == dtype and layer.outlier_weight.shape == (8, 2)
+    assert (layer.qweight[:, kept] == 0).all()  # those columns no longer set the weight scales either
+    rows = layer.quantize(x)
+    assert rows.outliers is not None and torch.equal(rows.outliers, x[:, kept])
+    assert (rows.values[:, kept] == 0).all()
+    error = lambda y: float((y.float() - ref).abs().max())  # noqa: E731
+    assert error(layer(x)) < 0.25 * error(plain(x))
+    assert len(int_mm_calls) == 2  # the rest still went through the int8 kernel
+    with pytest.raises(AssertionError, match="outlier"):
+        layer(int8.quantize_rows(x, compiled=False))  # rows made without the outlier channels
+
+
+def test_outlier_channels_in_the_decoder(tiny_checkpoint: Path, int_mm_calls: list) -> None:
+    from lbnl.checkpoints import load_tokenizer
+    from lbnl.errors import InvalidInputError
+    from lbnl.hardware import quantize_int8, quantize_model
+
+    rows = int8.calibration_rows(load_tokenizer(tiny_checkpoint))
+    model = _model(tiny_checkpoint, torch.bfloat16)
+    with torch.inference_mode():
+        ref, _, _ = decode(model.backbone, rows[:1], attention="chunked")
+    with pytest.raises(InvalidInputError, match="calibration"):
+        quantize_int8(copy.deepcopy(model), compiled=False, outliers=4)
+    with pytest.raises(InvalidInputError, match="tokenizer"):
+        quantize_model(copy.deepcopy(model), "int8")
+    before = copy.deepcopy(model.backbone.layers[0].input_layernorm.weight)
+    kept = quantize_int8(model, compiled=False, calibration=rows, outliers=4)
+    layer = kept.backbone.layers[0]
+    attn, mlp = layer.self_attn, layer.mlp
+    assert torch.equal(layer.input_layernorm.weight, before)  # no smoothing with outlier channels
+    assert attn.q_proj.outlier_index.numel() == 4 and mlp.down_proj.outlier_index.numel() == 4
+    assert attn.k_proj.outlier_index is attn.q_proj.outlier_index and attn.v_proj.inverse is attn.q_proj.inverse
+    assert isinstance(int8.shared_input(attn, torch.randn(3, attn.q_proj.in_features).bfloat16()), int8.QuantizedRows)
+    with torch.inference_mode():
+        out, _, _ = decode(kept.backbone, rows[:1], attention="chunked")
+    assert len(int_mm_calls) == 6 * len(kept.backbone.layers)
+    assert float(torch.nn.functional.cosine_similarity(out.float(), ref.float(), dim=-1).min()) > 0.99
+
+
 def test_compiled_kernels_agree_with_eager() -> None:
     if not int8.compiler_works():
         pytest.skip("torch.compile cannot build CPU kernels here (no C++ compiler)")
@@ -145,9 +194,12 @@ def test_reranker_int8_paths(tiny_checkpoint: Path) -> None:
     exact = Reranker.from_pretrained(tiny_checkpoint, device="cpu", fusion=None)
     w8a8 = Reranker.from_pretrained(tiny_checkpoint, device="cpu", quantize="int8", fusion=None)
     assert w8a8.model.quantized == "int8" and w8a8.model.dtype == exact.model.dtype
+    assert w8a8.model.backbone.layers[0].mlp.down_proj.outlier_index.numel() == int8.OUTLIER_CHANNELS
     a = sorted(exact.rerank("green tea", docs), key=lambda r: r.index)
     b = sorted(w8a8.rerank("green tea", docs), key=lambda r: r.index)
     assert max(abs(x.relevance_score - y.relevance_score) for x, y in zip(a, b)) < 0.05
+    plain = Reranker.from_pretrained(tiny_checkpoint, device="cpu", quantize="int8-plain", fusion=None)
+    assert plain.model.quantized == "int8" and plain.model.backbone.layers[0].mlp.down_proj.outlier_index is None
     assert weight_plan("int8", "cpu", None) == ("int8", None)
     assert weight_plan("int8-dynamic", "cpu", None) == ("int8-dynamic", "float32")
 

@@ -228,3 +228,21 @@ def test_distillation_loss_pulls_the_student_towards_the_teacher() -> None:
         stepped = docs - 0.01 * docs.grad
     assert torch.isfinite(docs.grad).all()
     assert L.distillation_loss(query, stepped, teacher, 0.1, 0.05).item() < first.item()
+
+
+def test_teacher_agrees_gates_the_lists_the_teacher_ranks_right() -> None:
+    teacher = t([[0.9, 0.2, 0.95], [0.9, 0.2, 0.95], [0.5, 0.7, 0.1], [0.4, 0.1, 0.3]])
+    mask = torch.tensor([[True, True, True], [True, True, False], [True, True, True], [True, False, False]])
+    positive = torch.tensor([True, True, True, False])
+    # list 0: a negative above the positive; list 1: that negative is padding; list 2: wrong; list 3: no positive
+    assert L.teacher_agrees(teacher, mask, positive).tolist() == [False, True, False, False]
+    assert L.teacher_agrees(teacher, mask).tolist() == [False, True, False, True]
+
+
+def test_distillation_loss_keeps_only_the_gated_lists() -> None:
+    torch.manual_seed(1)
+    query, docs, teacher = torch.randn(3, 8), torch.randn(3, 4, 8), torch.rand(3, 4)
+    lists = torch.tensor([False, True, False])
+    gated = L.distillation_loss(query, docs, teacher, 0.1, 0.05, lists=lists)
+    assert gated.item() == pytest.approx(L.distillation_loss(query[1:2], docs[1:2], teacher[1:2], 0.1, 0.05).item())
+    assert L.distillation_loss(query, docs, teacher, 0.1, 0.05, lists=torch.zeros(3, dtype=torch.bool)).item() == 0.0

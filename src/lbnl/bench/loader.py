@@ -211,7 +211,7 @@ class Loader:
 
         model, tokenizer = load_checkpoint(self.path, dtype=dtype, device="cpu")
         materialize(model)
-        quantize_model(model, spec.quantize)
+        quantize_model(model, spec.quantize, tokenizer)
         if spec.compile:
             model.compile_kernels()
         return model, tokenizer

@@ -9,7 +9,8 @@
   bf16 checkpoint on a CPU with AMX or AVX512-BF16).
 - ``pointwise``: one prompt per document, as separate queries in one batched call.
 - custom: ``lbnl:opt:opt...`` with options ``block=N``, ``int8`` (the decoder's matmuls in int8,
-  :mod:`lbnl.int8`), ``int8dyn`` (torch.ao dynamic quantization, float32), ``bf16``, ``hf``, ``pointwise``,
+  :mod:`lbnl.int8`, with outlier channels), ``int8plain`` (the same without), ``int8dyn`` (torch.ao
+  dynamic quantization, float32), ``bf16``, ``hf``, ``pointwise``,
   ``compile`` (``torch.compile`` of the fast path's norms and SiLU product), ``attn=sdpa``,
   ``attn=chunked`` or ``attn=int8`` (the fast path's attention kernel; default: what ``auto`` picks on
   this machine).
@@ -81,6 +82,8 @@ class PathSpec:
                 path.dtype = "bfloat16"
             elif key == "int8" and kind == "lbnl":
                 path.quantize = "int8"
+            elif key == "int8plain" and kind == "lbnl":
+                path.quantize = "int8-plain"
             elif key == "int8dyn" and kind == "lbnl":
                 path.quantize = "int8-dynamic"
             elif key == "hf" and kind == "lbnl":
@@ -108,7 +111,8 @@ class PathSpec:
         if self.kind == "peer":
             return f"peer {self.peer}, {self.variant}, {self.block_size}/prompt"
         parts = ["pointwise" if self.pointwise else f"{self.block_size}/prompt", self.dtype]
-        parts += [{"int8": "int8 matmuls (W8A8)", "int8-dynamic": "int8 dynamic (torch.ao)"}.get(
+        parts += [{"int8": "int8 matmuls (W8A8, outlier channels)", "int8-plain": "int8 matmuls (W8A8)",
+                   "int8-dynamic": "int8 dynamic (torch.ao)"}.get(
             self.quantize, self.quantize)] if self.quantize else []
         parts += ["transformers forward"] if not self.fast_forward else []
         parts += ["torch.compile"] if self.compile else []

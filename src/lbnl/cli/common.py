@@ -31,7 +31,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="speed preset: default (the spec's scores), fast (16 documents per prompt), fastest "
                              "(16 per prompt, bf16 on CPUs with AMX and on GPUs, int8 on other CPUs); "
                              "see docs/performance.md")
-    parser.add_argument("--quantize", default=None, choices=("int8", "int8-dynamic", "none"),
+    parser.add_argument("--quantize", default=None, choices=("int8", "int8-plain", "int8-dynamic", "none"),
                         help="int8: the decoder's matmuls in int8 (int8 weights and per-token activations; fast on "
                              "CPUs with VNNI); int8-dynamic: torch.ao dynamic quantization of a float32 model; "
                              "none (default: the preset's); scores change, see docs/performance.md")

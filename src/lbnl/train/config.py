@@ -124,6 +124,8 @@ class LossConfig:
                                    "embeddings; e.g. all-MiniLM-L6-v2 from: python scripts/teacher.py fetch). "
                                    "Training-time only.")
     teacher_temperature: float = _f(0.05, "Temperature of the teacher's cosines in L_distill.")
+    distill_gate: bool = _f(False, "Distil only the lists whose labelled positive the teacher itself scores above "
+                                   "every other document of the list, so that its mistakes are not taught.")
     in_batch_negatives: bool = _f(False, "Documents of the other lists in a micro-batch become extra negatives of L_rank.")
     span_drop_min: float = _f(0.10, "Augmentation for L_similar: smallest fraction of a document's tokens dropped "
                                     "as one contiguous span.")

@@ -217,13 +217,14 @@ class Trainer:
         teacher = torch.zeros((b, n))
         for i, (q, texts) in enumerate(zip(batch.queries, batch.texts)):
             teacher[i, : len(texts)] = self.teacher.scores(q, texts)
+        positive = batch.positive if batch.positive is not None else torch.ones(b, dtype=torch.bool)
         if n == 1 and b > 1 and len(set(batch.queries)) == 1:
-            per_doc = query if query.dim() == 3 else query.unsqueeze(1)
-            return L.distillation_loss(per_doc.reshape(1, b, -1), docs.reshape(1, b, -1), teacher.reshape(1, b),
-                                       self.config.loss.temperature, self.config.loss.teacher_temperature,
-                                       mask.reshape(1, b))
-        return L.distillation_loss(query, docs, teacher, self.config.loss.temperature,
-                                   self.config.loss.teacher_temperature, mask)
+            query = (query if query.dim() == 3 else query.unsqueeze(1)).reshape(1, b, -1)
+            docs, teacher, mask = docs.reshape(1, b, -1), teacher.reshape(1, b), mask.reshape(1, b)
+            positive = positive[:1]
+        cfg = self.config.loss
+        lists = L.teacher_agrees(teacher, mask.cpu(), positive) if cfg.distill_gate else None
+        return L.distillation_loss(query, docs, teacher, cfg.temperature, cfg.teacher_temperature, mask, lists)
 
     def train_step(self) -> dict[str, Any]:
         """One optimizer step (all micro-batches); returns its log record."""

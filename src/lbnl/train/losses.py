@@ -146,9 +146,24 @@ def calibration_loss(
     return (torch.logsumexp(logits, dim=1) - pos).mean()
 
 
+def teacher_agrees(teacher: torch.Tensor, mask: torch.Tensor, positive: torch.Tensor | None = None) -> torch.Tensor:
+    """``[B]``: the lists whose document 0 is a positive that the teacher scores above every other
+    real document of the list (the gate of ``loss.distill_gate``).
+
+    Args:
+        teacher: ``[B, n]`` the teacher's scores.
+        mask: ``[B, n]`` real documents.
+        positive: ``[B]`` lists whose document 0 is a positive (default: all).
+    """
+    others = teacher.float().masked_fill(~mask, float("-inf"))[:, 1:]
+    best_other = others.max(dim=1).values if others.shape[1] else teacher.new_full((teacher.shape[0],), float("-inf"))
+    agrees = (teacher[:, 0].float() > best_other) & mask[:, 0]
+    return agrees if positive is None else agrees & positive.to(agrees.device)
+
+
 def distillation_loss(
     query: torch.Tensor, docs: torch.Tensor, teacher: torch.Tensor, tau: float, teacher_tau: float,
-    mask: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None, lists: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """L_distill (lbnl's addition): the KL divergence from a teacher's distribution over each list's
     documents to the student's, ``KL(softmax(t / teacher_tau) || softmax(s / tau))``.
@@ -164,9 +179,12 @@ def distillation_loss(
         tau: the student's temperature.
         teacher_tau: the teacher's temperature (its cosines spread less than a trained student's).
         mask: ``[B, n]`` real documents.
+        lists: ``[B]`` the lists to distil (default: all), e.g. :func:`teacher_agrees`.
     """
     mask = _full_mask(docs, mask)
     keep = mask.sum(1) >= 2
+    if lists is not None:
+        keep = keep & lists.to(keep.device)
     if not bool(keep.any()):
         return docs.new_zeros((), dtype=torch.float32)
     per_doc = query.unsqueeze(1).expand_as(docs) if query.dim() == 2 else query
