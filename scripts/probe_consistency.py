@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--max-doc-length", type=int, default=128)
     ap.add_argument("--scoring", default="shipped")
     ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--symmetric", action="store_true", help="read each list in both orders (Reranker(symmetric=True))")
     ap.add_argument("--output", default=None, help="write the figures as JSON here")
     args = ap.parse_args()
 
@@ -47,12 +48,14 @@ def main() -> None:
     fusion = "checkpoint" if args.scoring == "shipped" else None
     if args.scoring.startswith("fixed:"):
         fusion = Fusion(float(args.scoring.split(":")[1]), "coverage")
-    reranker = Reranker.from_pretrained(args.model, dtype=getattr(torch, args.dtype), fusion=fusion)
+    reranker = Reranker.from_pretrained(args.model, dtype=getattr(torch, args.dtype), fusion=fusion,
+                                        symmetric=args.symmetric)
 
     def score(query: str, docs: list[str]) -> list[float]:
         return reranker.score(query, docs, max_doc_length=args.max_doc_length)
 
-    report = {"model": args.model or "built-in", "scoring": args.scoring, "split": args.split, "sources": {}}
+    report = {"model": args.model or "built-in", "scoring": args.scoring, "symmetric": args.symmetric,
+              "split": args.split, "sources": {}}
     totals = {"queries": 0, "consistent": 0, "right_both": 0, "right_forward": 0, "right_reversed": 0,
               "lone_separated": 0}
     for path in args.data:

@@ -53,6 +53,9 @@ class Reranker(BaseReranker):
             (how a pointwise-trained model must be read); ``from_pretrained`` sets it from the
             checkpoint's recorded training mode.
         source: the checkpoint directory the model was loaded from (``from_pretrained`` sets it).
+        symmetric: also read every list in reverse order and give each document the mean of its two
+            scores (permutation self-consistency): a ranking of two documents no longer depends on
+            which was sent first, at twice the cost. Off by default (the spec reads each list once).
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class Reranker(BaseReranker):
         fast_forward: bool = True,
         pointwise: bool = False,
         source: str | os.PathLike[str] | None = None,
+        symmetric: bool = False,
     ):
         check_positive("block_size", block_size)
         check_positive("max_batch_tokens", max_batch_tokens)
@@ -78,6 +82,7 @@ class Reranker(BaseReranker):
         self._anchor: list[int] | None = None
         self.name = name or "lbnl"
         self.source = source
+        self.symmetric = bool(symmetric)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_token_id = int(pad) if pad is not None else 0
 
@@ -113,7 +118,7 @@ class Reranker(BaseReranker):
                 a :class:`lbnl.fusion.FusedReranker`; ``None``: the model's own scores; a weight or a
                 :class:`lbnl.checkpoints.Fusion`: that fusion.
             **kwargs: passed to the constructor (``block_size``, ``max_batch_tokens``, ``fast_forward``,
-                ``pointwise`` (default: the checkpoint's recorded mode), ``name``).
+                ``pointwise`` (default: the checkpoint's recorded mode), ``symmetric``, ``name``).
         """
         from .checkpoints import Fusion, load_checkpoint, locate, read_info
         from .hardware import preset as get_preset
@@ -173,7 +178,9 @@ class Reranker(BaseReranker):
         """Cosine scores of each query's documents in input order (embeddings: projected, float32).
 
         Blocks of all queries are sorted by length and packed into right-padded batches of at most
-        ``max_batch_tokens`` padded tokens; each query gets the scores a lone call gives.
+        ``max_batch_tokens`` padded tokens; each query gets the scores a lone call gives. With
+        ``symmetric``, each list is also read reversed and the two scores of a document averaged
+        (embeddings: the forward reading's).
 
         Args:
             queries: the queries (non-empty strings).
@@ -192,10 +199,17 @@ class Reranker(BaseReranker):
             raise InvalidInputError("the instruction must be a string")
         plans = [self._plan(check_query(q), docs, max_query_length, max_doc_length, instruction)
                  for q, docs in zip(queries, documents_per_query)]
-        outputs = run_blocks(self.model, [b for plan in plans for b in plan.blocks],
+        reverse = self.symmetric and not self.pointwise
+        backward = [self._plan(check_query(q), list(docs)[::-1], max_query_length, max_doc_length, instruction)
+                    for q, docs in zip(queries, documents_per_query)] if reverse else []
+        outputs = run_blocks(self.model, [b for plan in plans + backward for b in plan.blocks],
                              max_batch_tokens=self.max_batch_tokens, pad_token_id=self.pad_token_id,
                              anchor=self._anchor_ids(), fast=self.fast_forward, progress=progress)
-        return [self._merge(plan, [(b, outputs[id(b)]) for b in plan.blocks], return_embeddings) for plan in plans]
+        merged = [self._merge(plan, [(b, outputs[id(b)]) for b in plan.blocks], return_embeddings) for plan in plans]
+        for out, plan in zip(merged, backward):
+            back = self._merge(plan, [(b, outputs[id(b)]) for b in plan.blocks], False).scores[::-1]
+            out.scores = [(a + b) / 2 for a, b in zip(out.scores, back)]
+        return merged
 
     def count_tokens(self, query: str, documents: Sequence[Document], max_query_length: int = MAX_QUERY_LENGTH,
                      max_doc_length: int = MAX_DOC_LENGTH) -> tuple[int, int]:

@@ -186,3 +186,16 @@ def test_dtype_choice(tiny_checkpoint: Path) -> None:
     with pytest.raises(CheckpointError, match="unknown dtype"):
         resolve_dtype("int3", None, cpu)
     assert Reranker.from_pretrained(tiny_checkpoint, dtype="float32").model.dtype == torch.float32
+
+
+def test_symmetric_reading_averages_both_orders(tiny_checkpoint: Path) -> None:
+    docs = make_docs(5)
+    plain = Reranker.from_pretrained(tiny_checkpoint, device="cpu", fusion=None)
+    both = Reranker.from_pretrained(tiny_checkpoint, device="cpu", fusion=None, symmetric=True)
+    forward = plain.score_lists(["green tea"], [docs])[0].scores
+    backward = plain.score_lists(["green tea"], [docs[::-1]])[0].scores[::-1]
+    assert max(abs(a - b) for a, b in zip(forward, backward)) > 1e-4       # the order does move scores
+    got = both.score_lists(["green tea", "coffee"], [docs, docs[:2]])
+    assert got[0].scores == pytest.approx([(a + b) / 2 for a, b in zip(forward, backward)], abs=1e-5)
+    pair = both.score_lists(["coffee"], [docs[1::-1]])[0].scores[::-1]
+    assert pair == pytest.approx(got[1].scores, abs=1e-5)                  # two documents: either order, same scores

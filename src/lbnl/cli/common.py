@@ -20,8 +20,8 @@ DOCUMENT_FORMATS = ("auto", "text", "jsonl")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--model``, ``--dtype``, ``--device``, ``--preset``, ``--quantize``, ``--no-fusion``: every command that
-    loads a model."""
+    """``--model``, ``--dtype``, ``--device``, ``--preset``, ``--quantize``, ``--no-fusion``, ``--symmetric``: every
+    command that loads a model."""
     parser.add_argument("--model", default=None,
                         help="checkpoint directory, built-in model name or hub id (default: lbnl's built-in model)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the checkpoint's, "
@@ -32,12 +32,16 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                              "(16 per prompt, bf16 on CPUs with AMX and on GPUs, int8 on other CPUs); "
                              "see docs/performance.md")
     parser.add_argument("--quantize", default=None, choices=("int8", "int8-plain", "int8-dynamic", "none"),
-                        help="int8: the decoder's matmuls in int8 (int8 weights and per-token activations; fast on "
-                             "CPUs with VNNI); int8-dynamic: torch.ao dynamic quantization of a float32 model; "
+                        help="int8: the decoder's matmuls in int8 (int8 weights and per-token activations, a few "
+                             "calibrated outlier channels kept in the float dtype; fast on CPUs with VNNI); int8-plain: "
+                             "the same without outlier channels; int8-dynamic: torch.ao dynamic quantization of a float32 model; "
                              "none (default: the preset's); scores change, see docs/performance.md")
     parser.add_argument("--no-fusion", action="store_true",
                         help="the model's own scores, even when the checkpoint ships fused with BM25 over "
                              "the request's documents")
+    parser.add_argument("--symmetric", action="store_true",
+                        help="also read every list reversed and average each document's two scores: the order of "
+                             "two documents no longer decides between them (twice the cost)")
 
 
 def add_length_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,6 +59,8 @@ def model_options(args: argparse.Namespace) -> dict[str, Any]:
         options["quantize"] = args.quantize
     if args.no_fusion:
         options["fusion"] = None
+    if getattr(args, "symmetric", False):
+        options["symmetric"] = True
     return options
 
 
