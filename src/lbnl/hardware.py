@@ -134,10 +134,10 @@ QUANTIZATIONS = {
                     "activations quantized per tensor per call)",
 }
 
-#: Whether ``fastest`` picks :mod:`lbnl.int8` on CPUs with VNNI and fast bf16. Off until its ranking quality
-#: is measured to be within 0.005 nDCG@10 of bf16 (docs/results.md, "int8 matmuls"); score agreement alone
-#: does not decide it.
-FASTEST_USES_INT8 = False
+#: Whether ``fastest`` picks :mod:`lbnl.int8` on CPUs with VNNI and AVX512-BF16 but no AMX. On since its outlier
+#: channels lost at most 0.004 nDCG@10 against bf16 on SciFact and two held-out sets (docs/results.md, "int8
+#: with outlier channels"); AMX CPUs keep bf16, where int8 was not measured.
+FASTEST_USES_INT8 = True
 
 #: ``Reranker.from_pretrained(..., preset=name)``. Only ``default`` reproduces the official scores;
 #: see docs/performance.md for what the others cost in speed and ranking quality.
@@ -145,7 +145,8 @@ PRESETS: dict[str, Preset] = {
     "default": Preset(DEFAULT_BLOCK_SIZE, None, "the spec: up to 125 documents per prompt, exact scores"),
     "fast": Preset(16, None, "16 documents per prompt: less attention, different scores"),
     "fastest": Preset(16, "auto", "16 documents per prompt and the fastest weights for the device: bf16 on GPUs "
-                                  "and on CPUs with AMX or AVX512-BF16, int8 linear layers on other CPUs"),
+                                  "and AMX CPUs, int8 matmuls on AVX512-BF16 CPUs with VNNI, int8 dynamic "
+                                  "quantization on other CPUs"),
 }
 
 
@@ -158,7 +159,7 @@ def preset(name: str | None) -> Preset:
 
 def fastest_weights(device: str | torch.device | None, dtype: str | torch.dtype | None) -> tuple[str | None, Any]:
     """``(quantize, dtype)`` of the ``fastest`` preset: bf16 where it is native (GPUs, AMX / AVX512-BF16
-    CPUs; with :data:`FASTEST_USES_INT8`, :mod:`lbnl.int8` on such CPUs that have VNNI), int8 dynamic
+    CPUs; with :data:`FASTEST_USES_INT8`, :mod:`lbnl.int8` on such CPUs that have VNNI and no AMX), int8 dynamic
     quantization of a float32 model on other CPUs; an explicit ``dtype`` is kept."""
     on_cpu = resolve_device(device).type == "cpu"
     if dtype is not None:
@@ -167,7 +168,7 @@ def fastest_weights(device: str | torch.device | None, dtype: str | torch.dtype 
     if not on_cpu:
         return None, "bfloat16"
     if cpu_has_fast_bf16():
-        return ("int8" if FASTEST_USES_INT8 and cpu_has_vnni() else None), "bfloat16"
+        return ("int8" if FASTEST_USES_INT8 and cpu_has_vnni() and not cpu_has_amx() else None), "bfloat16"
     return "int8-dynamic", None
 
 

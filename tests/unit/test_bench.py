@@ -11,7 +11,7 @@ import pytest
 
 from lbnl.bench import DecoderShape, Loader, PathSpec, Workload, build_inputs, prompt_lengths, run_workload
 from lbnl.errors import InvalidInputError
-from lbnl.hardware import cpu_has_fast_bf16
+from lbnl.hardware import cpu_has_fast_bf16, fastest_weights
 from lbnl.testing.checkpoints import QWEN3_0_6B
 
 
@@ -95,7 +95,7 @@ def test_path_specs() -> None:
     assert (spec.block_size, spec.quantize, spec.fast_forward, spec.kind) == (8, "int8", False, "lbnl")
     fastest = PathSpec.parse("fastest")
     assert (fastest.block_size, fastest.quantize, fastest.dtype) == (
-        (16, None, "bfloat16") if cpu_has_fast_bf16() else (16, "int8-dynamic", "float32"))
+        (16, fastest_weights("cpu", None)[0], "bfloat16") if cpu_has_fast_bf16() else (16, "int8-dynamic", "float32"))
     assert PathSpec.parse("lbnl:int8dyn").quantize == "int8-dynamic"
     assert PathSpec.parse("lbnl:bf16:int8:attn=int8").attention == "int8"
     assert PathSpec.parse("default-bf16").dtype == "bfloat16" and PathSpec.parse("default").dtype == "float32"

@@ -239,9 +239,15 @@ def test_fastest_picks_int8_only_when_enabled(monkeypatch: pytest.MonkeyPatch) -
 
     monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: True)
     monkeypatch.setattr(hardware, "cpu_has_vnni", lambda: True)
-    assert hardware.fastest_weights("cpu", None) == (None, "bfloat16")  # off until its quality is measured
-    monkeypatch.setattr(hardware, "FASTEST_USES_INT8", True)
+    monkeypatch.setattr(hardware, "cpu_has_amx", lambda: False)
+    assert hardware.FASTEST_USES_INT8
     assert hardware.fastest_weights("cpu", None) == ("int8", "bfloat16")
+    monkeypatch.setattr(hardware, "cpu_has_amx", lambda: True)
+    assert hardware.fastest_weights("cpu", None) == (None, "bfloat16")   # AMX: bf16 (int8 not measured there)
+    monkeypatch.setattr(hardware, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(hardware, "FASTEST_USES_INT8", False)
+    assert hardware.fastest_weights("cpu", None) == (None, "bfloat16")
+    monkeypatch.setattr(hardware, "FASTEST_USES_INT8", True)
     monkeypatch.setattr(hardware, "cpu_has_vnni", lambda: False)
     assert hardware.fastest_weights("cpu", None) == (None, "bfloat16")
     monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: False)

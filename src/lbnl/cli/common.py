@@ -29,7 +29,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
     parser.add_argument("--preset", default=None, choices=("default", "fast", "fastest"),
                         help="speed preset: default (the spec's scores), fast (16 documents per prompt), fastest "
-                             "(16 per prompt, bf16 on CPUs with AMX and on GPUs, int8 on other CPUs); "
+                             "(16 per prompt, bf16 on GPUs and AMX CPUs, int8 on other CPUs); "
                              "see docs/performance.md")
     parser.add_argument("--quantize", default=None, choices=("int8", "int8-plain", "int8-dynamic", "none"),
                         help="int8: the decoder's matmuls in int8 (int8 weights and per-token activations, a few "
