@@ -45,8 +45,8 @@ SMOOTHING_ALPHA = 0.5
 #: those with the largest magnitudes over the :data:`CALIBRATION` prompts.
 OUTLIER_CHANNELS = 16
 
-#: Rerank requests whose prompts can calibrate the outlier channels and the smoothing (:func:`calibration_rows`): mixed English text of
-#: several kinds (general, code, man pages, history).
+#: Rerank requests whose prompts calibrate the outlier channels and the smoothing (:func:`calibration_rows`):
+#: mixed English text of several kinds (general, code, man pages, history).
 CALIBRATION: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("What are the health effects of drinking tea every day?", (
         "Regular tea drinkers in a ten-year cohort had a lower risk of stroke than people who rarely drank tea.",

@@ -112,8 +112,9 @@ class Reranker(BaseReranker):
                 :data:`lbnl.hardware.PRESETS`); an explicit ``block_size`` or ``quantize`` overrides it.
             quantize: ``"int8"``: the decoder's matmuls in int8 (int8 weights and per-token int8 activations,
                 a few calibrated outlier channels per matmul kept in the float dtype, :mod:`lbnl.int8`; CPU,
-                fast with VNNI); ``"int8-plain"``: the same without outlier channels; ``"int8-dynamic"``: torch.ao dynamic quantization of
-                a float32 model's linear layers; ``"none"``. Scores change (docs/results.md).
+                fast with VNNI); ``"int8-plain"``: the same without outlier channels; ``"int8-dynamic"``:
+                torch.ao dynamic quantization of a float32 model's linear layers; ``"none"``. Scores change
+                (docs/results.md).
             fusion: ``"checkpoint"`` (default): lexical fusion if the checkpoint asks for it, returning
                 a :class:`lbnl.fusion.FusedReranker`; ``None``: the model's own scores; a weight or a
                 :class:`lbnl.checkpoints.Fusion`: that fusion.

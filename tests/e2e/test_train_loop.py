@@ -414,6 +414,7 @@ def test_gated_distillation_teaches_only_the_lists_the_teacher_ranks_right(tiny_
         elif bool(agree.all()):
             assert g == pytest.approx(p, rel=1e-5)
     mixed = [(g, p) for (g, p), agree in zip(values, seen) if bool(agree.any()) and not bool(agree.all())]
-    assert mixed and any(g != pytest.approx(p, rel=1e-5) for g, p in mixed)   # some lists were really left out
-    monkeypatch.setattr(L, "teacher_agrees", lambda teacher, mask, positive=None: torch.zeros(mask.shape[0], dtype=torch.bool))
+    assert mixed and any(g != pytest.approx(p, rel=1e-5) for g, p in mixed)  # some lists really left out
+    monkeypatch.setattr(L, "teacher_agrees",
+                        lambda teacher, mask, positive=None: torch.zeros(mask.shape[0], dtype=torch.bool))
     assert distill(gated, batches[0]) == 0.0

@@ -32,10 +32,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                              "(16 per prompt, bf16 on GPUs and AMX CPUs, int8 on other CPUs); "
                              "see docs/performance.md")
     parser.add_argument("--quantize", default=None, choices=("int8", "int8-plain", "int8-dynamic", "none"),
-                        help="int8: the decoder's matmuls in int8 (int8 weights and per-token activations, a few "
-                             "calibrated outlier channels kept in the float dtype; fast on CPUs with VNNI); int8-plain: "
-                             "the same without outlier channels; int8-dynamic: torch.ao dynamic quantization of a float32 model; "
-                             "none (default: the preset's); scores change, see docs/performance.md")
+                        help="int8: the decoder's matmuls in int8 (int8 weights and per-token activations, a "
+                             "few calibrated outlier channels kept in the float dtype; fast on CPUs with VNNI); "
+                             "int8-plain: the same without outlier channels; int8-dynamic: torch.ao dynamic "
+                             "quantization of a float32 model; none (default: the preset's); scores change, see "
+                             "docs/performance.md")
     parser.add_argument("--no-fusion", action="store_true",
                         help="the model's own scores, even when the checkpoint ships fused with BM25 over "
                              "the request's documents")
