@@ -17,11 +17,13 @@ import os
 import pickle
 import random
 import shutil
+import signal
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -247,12 +249,13 @@ class Trainer:
             tokens += batch.tokens
         norm = torch.nn.utils.clip_grad_norm_(self.params, opt.max_grad_norm or float("inf"))
         lr = self.optimizer.param_groups[0]["lr"]
-        self._updating = True
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
-        self._updating = False
+        with _interrupts_held():
+            self._updating = True
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            self._updating = False
         seconds = time.perf_counter() - start
         self.train_seconds += seconds
         self.docs_seen += docs
@@ -511,6 +514,21 @@ class Trainer:
             raise
         bar.close()
         return self._finish(history)
+
+
+@contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM (where the OS allows) while the optimizer updates the weights: an interrupt
+    then lands between steps, where the state is whole and a checkpoint can be saved."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def train(config: TrainConfig, *, callbacks: Sequence[StepCallback] = (),
