@@ -19,6 +19,7 @@ import random
 import shutil
 import signal
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -518,17 +519,26 @@ class Trainer:
 
 @contextmanager
 def _interrupts_held() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM (where the OS allows) while the optimizer updates the weights: an interrupt
-    then lands between steps, where the state is whole and a checkpoint can be saved."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    if not hasattr(signal, "pthread_sigmask"):
+    """Hold SIGINT and SIGTERM while the optimizer updates the weights: a signal that arrives meanwhile is
+    passed to its handler when the update is done, so an interrupt lands where the state is whole and a
+    checkpoint can be saved (that step then has no log record). Only the main thread can do this."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    caught: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in held}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for s in caught:
+            handler = previous[s]
+            if callable(handler):
+                handler(s, None)
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), s)
 
 
 def train(config: TrainConfig, *, callbacks: Sequence[StepCallback] = (),
