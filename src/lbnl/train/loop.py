@@ -17,14 +17,11 @@ import os
 import pickle
 import random
 import shutil
-import signal
 import sys
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -250,13 +247,12 @@ class Trainer:
             tokens += batch.tokens
         norm = torch.nn.utils.clip_grad_norm_(self.params, opt.max_grad_norm or float("inf"))
         lr = self.optimizer.param_groups[0]["lr"]
-        with _interrupts_held():
-            self._updating = True
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.step += 1
-            self._updating = False
+        self._updating = True
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self._updating = False
         seconds = time.perf_counter() - start
         self.train_seconds += seconds
         self.docs_seen += docs
@@ -515,30 +511,6 @@ class Trainer:
             raise
         bar.close()
         return self._finish(history)
-
-
-@contextmanager
-def _interrupts_held() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM while the optimizer updates the weights: a signal that arrives meanwhile is
-    passed to its handler when the update is done, so an interrupt lands where the state is whole and a
-    checkpoint can be saved (that step then has no log record). Only the main thread can do this."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    held = (signal.SIGINT, signal.SIGTERM)
-    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in held}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        for s in caught:
-            handler = previous[s]
-            if callable(handler):
-                handler(s, None)
-            elif handler == signal.SIG_DFL:
-                os.kill(os.getpid(), s)
 
 
 def train(config: TrainConfig, *, callbacks: Sequence[StepCallback] = (),
