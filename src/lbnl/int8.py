@@ -397,10 +397,11 @@ def convert_linears(backbone: nn.Module, compiled: bool = True, ranges: dict[str
         if all(type(getattr(attn, n, None)) is nn.Linear for n in qkv):
             s = factors("self_attn", attn, qkv)
             folded = s is not None and _fold(layer.input_layernorm, s) is None
-            made = [Int8Linear.from_linear(getattr(attn, n), compiled, s, kept("self_attn", qkv[0])) for n in qkv]
+            index = kept("self_attn", qkv[0])  # the three share one input, so one choice of channels
+            made = [Int8Linear.from_linear(getattr(attn, n), compiled, s, index) for n in qkv]
             for name, linear in zip(qkv, made):
                 # one quantization serves all three
-                linear.inverse = None if folded and made[0].outlier_index is None else made[0].inverse
+                linear.inverse = None if folded and index is None else made[0].inverse
                 linear.outlier_index = made[0].outlier_index
                 setattr(attn, name, linear)
             converted += 3
