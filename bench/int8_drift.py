@@ -9,7 +9,9 @@ the top-10 overlap against bf16. Use dev splits: this is for choosing settings, 
 Variants: ``plain`` (``quantize="int8-plain"``), ``outliers:N`` (N outlier input channels per matmul kept in
 bf16, chosen on the built-in prompts of ``lbnl.int8.CALIBRATION``; ``quantize="int8"`` is ``outliers:16``),
 ``smooth:A`` (SmoothQuant with exponent A, calibrated on the same prompts), ``keep:mlp`` / ``keep:attn`` (plain, with
-every MLP / every attention projection left in bf16: where the error comes from).
+every MLP / every attention projection left in bf16: where the error comes from). A ``+qk`` suffix
+(``outliers:16+qk``, or ``bf16+qk`` alone) also computes attention's query-key products in int8 (the
+``int8`` attention kernel, ``lbnl.int8.causal_attention_int8``).
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ def convert(reranker: Any, variant: str) -> None:
     from lbnl.hardware import quantize_int8
     from lbnl.int8 import calibration_rows
 
+    variant, qk, _ = variant.partition("+qk")
+    if qk:
+        reranker.model.attention = "int8"
+    if variant == "bf16":
+        return
     kind, _, value = variant.partition(":")
     layers = reranker.model.backbone.layers
     if kind == "smooth":

@@ -16,6 +16,12 @@ recorded sha256), unpacks them with ``dpkg-deb -x`` and writes:
   man pages (NAME line -> DESCRIPTION) and the Python 3.11 documentation (section heading -> section).
 - ``<out>/manifest.json``: every package, version, license, .deb sha256, counts, and the sha256 of
   every output file.
+
+``--packages N`` (lbnl-small v6's data, ``--out data/v3``) appends N groups from Debian's package
+descriptions (bookworm ``main/i18n/Translation-en.xz``, pinned by the sha256 that the signed ``InRelease``
+lists): query = a package's one-line description, positive = ``<package>: <long description>``, BM25 +
+random negatives among the other packages. Every other output is byte-identical to the default build
+(``train.jsonl`` of v2 is a prefix of v3's).
 """
 
 from __future__ import annotations
@@ -48,6 +54,14 @@ SCIFACT_REPEAT = 2          # SciFact train groups are listed twice (new negativ
 BM25_NEGATIVES = 20         # hard negatives per group (BM25 within the source)
 RANDOM_NEGATIVES = 11       # plus random documents of the same source: pools of 31 (lists of up to 32)
 HELDOUT = {"dev": 50, "test": 100}
+#: Debian bookworm's English package descriptions (main), as the archive's signed InRelease lists them.
+DESCRIPTIONS = {
+    "url": "http://deb.debian.org/debian/dists/bookworm/main/i18n/Translation-en.xz",
+    "sha256": "a3d4a0bfd8e9242810b0885eda7c1a6e05dac15b333ddbaab03ba56f2dfa4bf0",
+    "license": "per package, DFSG-free (Debian main: each description is part of its package's debian/control)",
+}
+#: Packages whose descriptions are never trained on: the held-out sources' own packages.
+DESCRIPTIONS_EXCLUDED = re.compile(r"^(manpages(-.*)?|python3(\.\d+)?-doc|python3(\.\d+)?)$")
 
 
 def sha256(path: Path) -> str:
@@ -162,6 +176,64 @@ TEMPLATES = ["what is {w}?", "what does {w} mean?", "define {w}", "{w}", "{w} me
              "definition of {w}", "what is meant by {w}?", "explain {w}"]
 COMPUTING = ["what is {w} in computing?", "{w}", "what does {w} mean?", "define {w}", "explain {w}",
              "{w} definition", "what is {w}?"]
+
+
+# ---------------------------------------------------------------- package descriptions
+
+
+def fetch_descriptions(out: Path) -> Path:
+    """Download (once) and verify Translation-en.xz into ``<out>/debs``; a changed archive is an error."""
+    import urllib.request
+
+    path = out / "debs" / "Translation-en.xz"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        urllib.request.urlretrieve(DESCRIPTIONS["url"], path)
+    if sha256(path) != DESCRIPTIONS["sha256"]:
+        sys.exit(f"{path}: sha256 {sha256(path)} is not the pinned {DESCRIPTIONS['sha256']} (the archive "
+                 "changed: update DESCRIPTIONS from bookworm's InRelease, and say so in the data manifest)")
+    return path
+
+
+def description_docs(path: Path) -> list[tuple[str, str, str]]:
+    """(package, one-line description, long description) of every package in Translation-en, one per
+    distinct first paragraph (libfoo1, libfoo-dev and foo often share it: the first name in sorted order
+    stands for all), skipping the held-out sources' packages and descriptions too short to rank."""
+    import lzma
+
+    seen, out = set(), []
+    for stanza in sorted(lzma.open(path, "rt", encoding="utf-8").read().split("\n\n")):
+        name = re.search(r"^Package: (\S+)", stanza, re.M)
+        desc = re.search(r"^Description-en: (.*)\n((?: .*\n?)*)", stanza, re.M)
+        if not name or not desc or DESCRIPTIONS_EXCLUDED.match(name.group(1)):
+            continue
+        paragraphs = [clean(" ".join(x.strip() for x in para.split("\n")))
+                      for para in re.split(r"\n \.\n", desc.group(2))]
+        paragraphs = [x for x in paragraphs if x and x != "."]
+        if not paragraphs or paragraphs[0].lower() in seen:
+            continue
+        seen.add(paragraphs[0].lower())
+        long_text = words(" ".join(paragraphs), 120)
+        short = clean(desc.group(1))
+        if len(short.split()) >= 3 and len(long_text.split()) >= 20:
+            out.append((name.group(1), short, long_text))
+    return out
+
+
+def description_groups(docs: list[tuple[str, str, str]], count: int, rng: np.random.Generator) -> list[dict]:
+    """Query: a package's one-line description; positive: its long description; every package with the
+    same one-line description is a positive too (never a negative)."""
+    doc_ids = [f"packages:{i}" for i in range(len(docs))]
+    texts = [f"{name}: {text}" for name, _, text in docs]
+    owner: dict[str, list[str]] = {}
+    for i, (_, short, _) in enumerate(docs):
+        owner.setdefault(short.lower(), []).append(doc_ids[i])
+    order = rng.permutation(len(docs))[:count]
+    queries = [docs[int(i)][1] for i in order]
+    negs = mine(queries, [owner[q.lower()] for q in queries], doc_ids, texts, rng)
+    return [{"query_id": f"packages:{docs[int(i)][0]}", "query": q, "positive": texts[int(i)],
+             "negatives": [texts[int(d.split(':')[1])] for d in n], "source": "packages"}
+            for i, q, n in zip(order, queries, negs)]
 
 
 # ---------------------------------------------------------------- held-out sources
@@ -377,6 +449,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scifact", required=True, help="BEIR SciFact directory (only qrels/train.tsv is read)")
     ap.add_argument("--out", default="data/v2")
+    ap.add_argument("--packages", type=int, default=0,
+                    help="groups from Debian's package descriptions to append (v2: 0; v3: 2000)")
     args = ap.parse_args()
     out = Path(args.out)
     pk = fetch(out)
@@ -402,6 +476,10 @@ def main() -> None:
               + dictionary_groups("foldoc", fo, COUNTS["foldoc"], COMPUTING, rng(5))
               + dictionary_groups("jargon", ja, COUNTS["jargon"], COMPUTING, rng(6))
               + scifact_groups(Path(args.scifact), rng(7)))
+    described = []
+    if args.packages:
+        described = description_docs(fetch_descriptions(out))
+        groups += description_groups(described, args.packages, rng(8))
     with open(out / "train.jsonl", "w") as f:
         for g in groups:
             f.write(json.dumps(g, ensure_ascii=False) + "\n")
@@ -410,17 +488,20 @@ def main() -> None:
     for g in groups:
         counts[g["source"]] = counts.get(g["source"], 0) + 1
     files = sorted(p for p in [out / "train.jsonl", *(out / "heldout").rglob("*")] if p.is_file())
+    command = f"python scripts/build_training_data.py --scifact <BEIR scifact dir> --out {args.out}"
     manifest = {
-        "command": "python scripts/build_training_data.py --scifact <BEIR scifact dir> --out data/v2",
+        "command": command + (f" --packages {args.packages}" if args.packages else ""),
         "seed": SEED,
         "packages": {n: {k: v for k, v in i.items() if k != "root"} for n, i in pk.items()},
         "scifact": {"path": str(args.scifact), "split": "train", "license": "CC BY-NC 2.0 (BEIR SciFact)",
                     "excluded_queries": "docs/training/lbnl-small-validation_queries.txt (v1's 60 held-out)"},
         "train_groups": counts,
         "negatives": {"bm25": BM25_NEGATIVES, "random": RANDOM_NEGATIVES, "scifact_repeat": SCIFACT_REPEAT},
+        **({"descriptions": {**DESCRIPTIONS, "file": "debs/Translation-en.xz", "packages": len(described),
+                             "excluded": DESCRIPTIONS_EXCLUDED.pattern}} if args.packages else {}),
         "heldout": heldout,
         "sources": {"wordnet": len(wn), "gcide": len(gc), "foldoc": len(fo), "jargon": len(ja),
-                    "manpages": len(man), "pydocs": len(py)},
+                    "manpages": len(man), "pydocs": len(py), **({"packages": len(described)} if described else {})},
         "outputs": {p.relative_to(out).as_posix(): sha256(p) for p in files},
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")

@@ -71,7 +71,9 @@ def _chunked_inference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale:
     values, so no key or value is copied and the scores are reused while in cache. In bf16 on a CPU the
     mask and softmax are one native call (:mod:`lbnl.native`: its exponential differs from torch's by
     about 2e-7 relative, so a probability moves by at most one bf16 rounding step); otherwise torch's
-    softmax, bit-identical to the batched form on Qwen3 shapes (docs/results.md)."""
+    softmax, bit-identical to the batched form on Qwen3 shapes (docs/results.md). The output is a token-layout
+    view of a heads-first tensor (what the engine's ``[1, heads, n, dim]`` wants), so no block is scattered
+    across tokens."""
     n, heads, dim = q.shape
     kv_heads, total, _ = k.shape
     group = heads // kv_heads
@@ -79,7 +81,7 @@ def _chunked_inference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale:
     block = max(16, min(INFERENCE_BLOCK, CHUNK_SCORES // max(1, group * total)))
     grouped = q.reshape(n, kv_heads, group, dim)
     k, v = k.contiguous(), v.contiguous()
-    out = q.new_empty(n, kv_heads, group, dim)
+    out = q.new_empty(kv_heads, group, n, dim)  # heads first: a block's output is copied in whole rows
     scores = q.new_empty(group * block * total)
     probs = q.new_empty(group * block * total)
     head_out = q.new_empty(group * block, dim)
@@ -100,8 +102,8 @@ def _chunked_inference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale:
                 sc.view(group, c, width)[..., start + s:width].masked_fill_(hidden, float("-inf"))
                 torch.ops.aten._softmax.out(sc, -1, False, out=p)
             torch.mm(p, v[h, :width], out=o)
-            out[s:e, h].copy_(o.view(group, c, dim).transpose(0, 1))
-    return out.reshape(n, heads, dim)
+            out[h, :, s:e].copy_(o.view(group, c, dim))
+    return out.view(heads, n, dim).transpose(0, 1)
 
 
 #: Name of the chunked kernel in transformers' attention registry.

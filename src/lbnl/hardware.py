@@ -128,7 +128,8 @@ class Preset:
 QUANTIZATIONS = {
     "int8": "int8 weights (per output channel) and int8 activations (per token) in the decoder's matmuls, "
             "int32 accumulation, except each matmul's 16 outlier input channels (calibrated on built-in rerank "
-            "prompts), everything else in the model's float dtype (lbnl.int8); fast on CPUs with VNNI",
+            "prompts), and attention's query-key products where heads are 128 wide or more (CPUs without AMX), "
+            "everything else in the model's float dtype (lbnl.int8); fast on CPUs with VNNI",
     "int8-plain": "int8 as above with no outlier channels: a little faster, scores move about twice as much",
     "int8-dynamic": "torch.ao dynamic quantization of a float32 model's linear layers (fbgemm: int8 weights, "
                     "activations quantized per tensor per call)",
@@ -260,12 +261,21 @@ def quantize_int8_dynamic(model: Any) -> Any:
 # --- attention kernel ---------------------------------------------------------------------------
 
 #: ``LBNLModel.attention``: how the fast path computes causal self-attention (``int8``: the score matmul in
-#: int8, :func:`lbnl.int8.causal_attention_int8`; never picked by ``auto``).
+#: int8, :func:`lbnl.int8.causal_attention_int8`; ``auto`` picks it only for ``quantize="int8"`` models, see
+#: :data:`INT8_MODELS_USE_INT8_ATTENTION`).
 ATTENTION_KERNELS = ("auto", "sdpa", "chunked", "int8")
 
+#: Whether ``auto`` gives a ``quantize="int8"`` model (on a CPU where ``auto`` picks the chunked kernel) int8
+#: query-key products too, for heads of at least :data:`INT8_ATTENTION_MIN_HEAD_DIM`: on the Qwen3-0.6B shape
+#: (128) they made the call 4-6% faster, on lbnl-small (64) 5% slower (docs/results.md, "int8 attention").
+INT8_MODELS_USE_INT8_ATTENTION = True
+INT8_ATTENTION_MIN_HEAD_DIM = 128
 
-def resolve_attention(kernel: str, dtype: torch.dtype, device: torch.device) -> str:
-    """The attention kernel ``auto`` stands for: ``chunked`` for bf16 on a CPU without AMX, else ``sdpa``.
+
+def resolve_attention(kernel: str, dtype: torch.dtype, device: torch.device, quantized: str | None = None,
+                      head_dim: int = 0) -> str:
+    """The attention kernel ``auto`` stands for: ``chunked`` for bf16 on a CPU without AMX (``int8`` there for
+    ``quantized="int8"`` models whose heads have ``head_dim`` >= :data:`INT8_ATTENTION_MIN_HEAD_DIM`), else ``sdpa``.
 
     Without AMX, torch's CPU flash-attention kernel multiplies bf16 no faster than float32, while the
     chunked kernel's batched matmuls run at bf16 speed (docs/results.md has the measurement).
@@ -275,7 +285,8 @@ def resolve_attention(kernel: str, dtype: torch.dtype, device: torch.device) -> 
     if kernel != "auto":
         return kernel
     if dtype == torch.bfloat16 and device.type == "cpu" and cpu_has_fast_bf16() and not cpu_has_amx():
-        return "chunked"
+        wide = head_dim >= INT8_ATTENTION_MIN_HEAD_DIM
+        return "int8" if quantized == "int8" and wide and INT8_MODELS_USE_INT8_ATTENTION else "chunked"
     return "sdpa"
 
 

@@ -49,7 +49,8 @@ class LBNLModel(nn.Module):
         self.quantized: str | None = None
         #: Run the fast path's norms and SiLU product through ``torch.compile`` (see :meth:`compile_kernels`).
         self.compiled = False
-        #: The fast path's attention kernel: ``auto`` (see :func:`resolve_attention`), ``sdpa`` or ``chunked``.
+        #: The fast path's attention kernel: ``auto`` (see :func:`resolve_attention`), ``sdpa``, ``chunked`` or
+        #: ``int8``.
         self.attention = "auto"
 
     @property
@@ -72,7 +73,9 @@ class LBNLModel(nn.Module):
     @property
     def attention_kernel(self) -> str:
         """The attention kernel the fast path runs with the current weights and device."""
-        return resolve_attention(self.attention, self.dtype, self.device)
+        config = self.config
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        return resolve_attention(self.attention, self.dtype, self.device, self.quantized, head_dim)
 
     def compile_kernels(self) -> "LBNLModel":
         """Fuse the fast path's elementwise work (RMSNorms, SiLU product) with ``torch.compile``: about 10% faster

@@ -111,7 +111,8 @@ class Reranker(BaseReranker):
             preset: ``"default"`` (the spec), ``"fast"`` or ``"fastest"`` (see
                 :data:`lbnl.hardware.PRESETS`); an explicit ``block_size`` or ``quantize`` overrides it.
             quantize: ``"int8"``: the decoder's matmuls in int8 (int8 weights and per-token int8 activations,
-                a few calibrated outlier channels per matmul kept in the float dtype, :mod:`lbnl.int8`; CPU,
+                a few calibrated outlier channels per matmul kept in the float dtype, and attention's
+                query-key products where :func:`lbnl.hardware.resolve_attention` says, :mod:`lbnl.int8`; CPU,
                 fast with VNNI); ``"int8-plain"``: the same without outlier channels; ``"int8-dynamic"``:
                 torch.ao dynamic quantization of a float32 model's linear layers; ``"none"``. Scores change
                 (docs/results.md).

@@ -299,6 +299,37 @@ def test_sigterm_checkpoints_and_the_same_command_resumes(tiny_checkpoint: Path,
     assert not (out / "adapter").exists()
 
 
+def test_a_stop_requested_inside_the_weight_update_lands_after_it(tiny_checkpoint: Path, planted: Path,
+                                                                   tmp_path: Path) -> None:
+    """What ``lbnl train``'s SIGINT/SIGTERM handler calls, arriving mid-update (the CI flake: a kill there used to
+    save nothing): the update finishes, then the run stops with a checkpoint of that whole step."""
+    out = tmp_path / "run"
+    trainer = Trainer(load_config(None, overrides(tiny_checkpoint, planted, out, "run.save_every=0",
+                                                  "run.eval_every=0", "data.validation_queries=0",
+                                                  "optim.max_steps=50")))
+    update = trainer.optimizer.step
+    arrived = []
+
+    def interrupted_update(*args: object, **kwargs: object) -> object:
+        if trainer.step == 2:
+            arrived.append(trainer.step)
+            trainer.request_stop()          # as the signal handler would, between two bytecodes of the update
+        return update(*args, **kwargs)
+
+    trainer.optimizer.step = interrupted_update
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run()
+    assert arrived == [2] and trainer.step == 3
+    assert [p.name for p in sorted((out / "checkpoints").glob("step-*"))] == ["step-00000003"]
+    resumed = Trainer(load_config(None, overrides(tiny_checkpoint, planted, out, "run.save_every=0",
+                                                  "run.eval_every=0", "data.validation_queries=0",
+                                                  "optim.max_steps=4")))
+    resumed.run()
+    assert resumed.step == 4
+    with pytest.raises(KeyboardInterrupt):
+        resumed.request_stop()              # outside an update: at once, as Ctrl-C
+
+
 def test_a_second_stage_continues_the_list_stream(tiny_checkpoint: Path, planted: Path, tmp_path: Path) -> None:
     """data.start_list: step 1 of a second stage reads the lists after the first stage's, not the same ones."""
     extra = ("optim.lists_per_batch=2", "optim.grad_accum=2", "data.validation_queries=0", "run.save_full=false")

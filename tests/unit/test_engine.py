@@ -199,3 +199,20 @@ def test_attention_kernel_choice() -> None:
     assert resolve_attention("chunked", torch.float32, cpu) == "chunked"
     with pytest.raises(InvalidInputError, match="attention must be one of"):
         resolve_attention("flash", torch.float32, cpu)
+
+
+@pytest.mark.parametrize("amx", [False, True])
+def test_int8_models_get_int8_attention_where_auto_picks_the_chunked_kernel(monkeypatch: pytest.MonkeyPatch,
+                                                                             amx: bool) -> None:
+    from lbnl import hardware
+
+    monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(hardware, "cpu_has_amx", lambda: amx)
+    cpu = torch.device("cpu")
+    bf16 = "sdpa" if amx else "chunked"
+    assert hardware.resolve_attention("auto", torch.bfloat16, cpu, "int8", 128) == ("sdpa" if amx else "int8")
+    assert hardware.resolve_attention("auto", torch.bfloat16, cpu, "int8", 64) == bf16   # narrow heads: slower
+    assert hardware.resolve_attention("auto", torch.bfloat16, cpu, None, 128) == bf16
+    assert hardware.resolve_attention("chunked", torch.bfloat16, cpu, "int8", 128) == "chunked"
+    monkeypatch.setattr(hardware, "INT8_MODELS_USE_INT8_ATTENTION", False)
+    assert hardware.resolve_attention("auto", torch.bfloat16, cpu, "int8", 128) == bf16

@@ -79,6 +79,35 @@ def test_gated_mlp_matches_float(int_mm_calls: list) -> None:
     assert float((out - ref).abs().max() / ref.abs().max()) < 0.05
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # bf16: the fused native pass where built
+def test_gated_mlp_with_outlier_channels_matches_float(dtype: torch.dtype, int_mm_calls: list,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from transformers import Qwen3Config
+    from transformers.models.qwen3.modeling_qwen3 import Qwen3MLP
+
+    fused_calls = []
+    real = int8.native.silu_mul_quantize
+    monkeypatch.setattr(int8.native, "silu_mul_quantize", lambda *a: fused_calls.append(a[4] is not None) or real(*a))
+
+    mlp = Qwen3MLP(Qwen3Config(hidden_size=32, intermediate_size=80, hidden_act="silu")).eval().to(dtype)
+    x = torch.randn(9, 32).to(dtype)
+    x[:, [5, 20]] *= 200  # loud input channels
+    with torch.no_grad():
+        ref = mlp(x).float()
+        mid = torch.nn.functional.silu(mlp.gate_proj(x)) * mlp.up_proj(x)
+    outliers_in = int8.outlier_channels(x.float().abs().amax(0), 2)
+    outliers_mid = int8.outlier_channels(mid.float().abs().amax(0), 4)
+    fused = int8.Int8GatedMLP(mlp.gate_proj, mlp.up_proj, mlp.down_proj, compiled=False, outliers_in=outliers_in,
+                              outliers_mid=outliers_mid)
+    plain = int8.Int8GatedMLP(mlp.gate_proj, mlp.up_proj, mlp.down_proj, compiled=False)
+    error = lambda y: float((y.float() - ref).abs().max() / ref.abs().max())  # noqa: E731
+    out = fused(x)
+    assert out.dtype == dtype and [c[1:] for c in int_mm_calls[:2]] == [(32, 160), (80, 32)]
+    assert error(out) < 0.05 and error(out) < error(plain(x))
+    native_path = dtype == torch.bfloat16 and int8.native.available()
+    assert fused_calls == ([True, False] if native_path else [])  # with outliers (an addend), then plain
+
+
 def test_smoothing_keeps_the_function() -> None:
     linear = nn.Linear(16, 8, bias=False)
     x = torch.randn(20, 16)
@@ -174,16 +203,18 @@ def test_converted_decoder_matches_float(tiny_checkpoint: Path, int_mm_calls: li
     assert float(cos.min()) > 0.99
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # bf16: the native path where it is built
 @pytest.mark.parametrize("n,start,heads,kv_heads", [(40, 0, 4, 2), (30, 13, 6, 2), (1, 9, 4, 4)])
-def test_int8_attention_matches_float(n: int, start: int, heads: int, kv_heads: int, int_mm_calls: list) -> None:
+def test_int8_attention_matches_float(n: int, start: int, heads: int, kv_heads: int, dtype: torch.dtype,
+                                      int_mm_calls: list) -> None:
     g = torch.Generator().manual_seed(n)
     q = torch.randn(n, heads, 16, generator=g)
     k = torch.randn(kv_heads, start + n, 16, generator=g) + 3.0  # a shared offset: the key mean takes it out
     v = torch.randn(kv_heads, start + n, 16, generator=g)
     ref = causal_attention_chunked(q, k, v, 0.25)
-    out = int8.causal_attention_int8(q, k, v, 0.25, compiled=False)
-    assert out.shape == ref.shape and len(int_mm_calls) == kv_heads
-    assert float((out - ref).abs().max()) < 0.05
+    out = int8.causal_attention_int8(q.to(dtype), k.to(dtype), v.to(dtype), 0.25, compiled=False)
+    assert out.shape == ref.shape and out.dtype == dtype and len(int_mm_calls) == kv_heads
+    assert float((out.float() - ref).abs().max()) < (0.05 if dtype == torch.float32 else 0.07)
 
 
 def test_reranker_int8_paths(tiny_checkpoint: Path) -> None:
@@ -202,6 +233,29 @@ def test_reranker_int8_paths(tiny_checkpoint: Path) -> None:
     assert plain.model.quantized == "int8" and plain.model.backbone.layers[0].mlp.down_proj.outlier_index is None
     assert weight_plan("int8", "cpu", None) == ("int8", None)
     assert weight_plan("int8-dynamic", "cpu", None) == ("int8-dynamic", "float32")
+
+
+def test_int8_reranker_runs_int8_attention_where_auto_picks_the_chunked_kernel(
+        tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lbnl import Reranker, hardware
+
+    monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(hardware, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(hardware, "INT8_ATTENTION_MIN_HEAD_DIM", 16)  # the tiny model's heads
+    calls = []
+    real = int8.causal_attention_int8
+    monkeypatch.setattr(int8, "causal_attention_int8", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
+    docs = [f"green tea study number {i} about catechins and cholesterol" for i in range(4)]
+    bf16 = Reranker.from_pretrained(tiny_checkpoint, device="cpu", dtype="bfloat16", fusion=None)
+    assert bf16.model.attention_kernel == "chunked"
+    bf16.rerank("green tea", docs)
+    assert not calls
+    w8a8 = Reranker.from_pretrained(tiny_checkpoint, device="cpu", dtype="bfloat16", quantize="int8", fusion=None)
+    assert w8a8.model.attention_kernel == "int8"
+    a = sorted(bf16.rerank("green tea", docs), key=lambda r: r.index)
+    b = sorted(w8a8.rerank("green tea", docs), key=lambda r: r.index)
+    assert calls, "the int8 attention kernel never ran"
+    assert max(abs(x.relevance_score - y.relevance_score) for x, y in zip(a, b)) < 0.1
 
 
 def test_calibration_prompts_are_real_rerank_prompts(tiny_checkpoint: Path) -> None:

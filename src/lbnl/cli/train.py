@@ -32,18 +32,21 @@ def _run(args: argparse.Namespace) -> int:
         print(render_yaml(config), end="")
         return 0
     from ..hardware import tune_allocator
-    from ..train.loop import train
+    from ..train.loop import Trainer
 
     tune_allocator()
+    trainer = Trainer(config)
 
     def stop(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+        trainer.request_stop()
 
-    previous = signal.signal(signal.SIGTERM, stop)  # a scheduler's kill checkpoints like Ctrl-C
+    # Ctrl-C and a scheduler's kill both checkpoint the last whole step (deferred past a weight update).
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        result = train(config)
+        result = trainer.run()
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     summary = {k: result.summary.get(k) for k in ("steps", "last_loss", "steps_per_s", "docs_per_s", "validation")}
     summary.update(model=str(result.model_dir) if result.model_dir else None,
                    adapter=str(result.adapter_dir) if result.adapter_dir else None)

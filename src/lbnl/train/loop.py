@@ -175,6 +175,7 @@ class Trainer:
         self.docs_seen = 0
         self.tokens_seen = 0
         self._updating = False
+        self._stop_requested = False
         self._last_saved = -1
         self._first_stage: float | None = None
 
@@ -253,6 +254,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self._updating = False
+        if self._stop_requested:
+            raise KeyboardInterrupt
         seconds = time.perf_counter() - start
         self.train_seconds += seconds
         self.docs_seen += docs
@@ -260,6 +263,15 @@ class Trainer:
         return {"type": "train", "step": self.step, "loss": total, **sums, "lr": lr, "grad_norm": float(norm),
                 "docs": docs, "tokens": tokens, "seconds": seconds, "cpu_seconds": time.process_time() - start_cpu,
                 "docs_per_s": docs / seconds}
+
+    def request_stop(self) -> None:
+        """Stop the run as Ctrl-C does, but never inside the weight update (a checkpoint there would be half
+        updated, so none could be saved): what ``lbnl train``'s SIGINT/SIGTERM handler calls. Outside the update
+        it raises ``KeyboardInterrupt`` at once; inside, right after the update."""
+        if self._updating:
+            self._stop_requested = True
+            return
+        raise KeyboardInterrupt
 
     # ---- validation --------------------------------------------------------------------------
 
