@@ -267,8 +267,7 @@ class Int8Linear(nn.Module):
 class Int8GatedMLP(nn.Module):
     """The SiLU-gated MLP of Llama-family models (``down(silu(gate(x)) * up(x))``) in int8: one quantization of
     ``x``, one joined gate/up matmul, dequantization, SiLU product and requantization in one pass, then down
-    (with outlier channels, in bf16 on a CPU: the outliers' products join that pass; otherwise the gate/up output
-    is dequantized first, then the SiLU product, then down)."""
+    (with outlier channels: the gate/up output dequantized first, then the SiLU product, then down)."""
 
     def __init__(self, gate: nn.Linear, up: nn.Linear, down: nn.Linear, compiled: bool = True,
                  smooth_in: torch.Tensor | None = None, smooth_mid: torch.Tensor | None = None,
@@ -283,29 +282,21 @@ class Int8GatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor | QuantizedRows) -> torch.Tensor:
         rows = x if isinstance(x, QuantizedRows) else self.gate_up.quantize(x)
-        outliers = self.gate_up.outlier_index is not None or self.down_proj.outlier_index is not None
-        if outliers and not _native_dtype(rows.dtype, rows.values.device):
+        if self.gate_up.outlier_index is not None or self.down_proj.outlier_index is not None:
             gate_up = self.gate_up(rows)
+            if _native(gate_up) and gate_up.is_contiguous():
+                return self.down_proj(native.silu_mul(gate_up))
             half = gate_up.shape[-1] // 2
             return self.down_proj(torch.nn.functional.silu(gate_up[..., :half]) * gate_up[..., half:])
         acc = self.gate_up.matmul(rows)
-        lead = rows.shape[:-1]
-        if not _native_dtype(rows.dtype, acc.device):
+        if _native_dtype(rows.dtype, acc.device):
+            mid, scale = native.silu_mul_quantize(acc, rows.scale, self.gate_up.weight_scale, self.mid_inverse)
+        else:
             mid, scale = kernel("silu_mul_quantize", self.compiled)(acc, rows.scale.reshape(-1, 1),
                                                                     self.gate_up.weight_scale, self.mid_inverse,
                                                                     rows.dtype)
-            return self.down_proj(QuantizedRows(mid.view(*lead, -1), scale.view(*lead, 1), rows.dtype))
-        # one native pass from the int32 products to the down projection's int8 input; with outlier channels the
-        # gate/up outliers' bf16 products join that pass and the down projection's outlier values come out of it
-        addend = None
-        if self.gate_up.outlier_weight is not None:
-            assert rows.outliers is not None, "rows quantized without this layer's outlier channels"
-            extra = rows.outliers.reshape(-1, rows.outliers.shape[-1]).to(self.gate_up.outlier_weight.dtype)
-            addend = torch.mm(extra, self.gate_up.outlier_weight.t())
-        mid, scale, kept = native.silu_mul_quantize(acc, rows.scale, self.gate_up.weight_scale, self.mid_inverse,
-                                                    addend, self.down_proj.outlier_index)
-        return self.down_proj(QuantizedRows(mid.view(*lead, -1), scale.view(*lead, 1), rows.dtype,
-                                            None if kept is None else kept.view(*lead, -1)))
+        return self.down_proj(QuantizedRows(mid.view(*rows.shape[:-1], -1), scale.view(*rows.shape[:-1], 1),
+                                            rows.dtype))
 
 
 def _gated(mlp: nn.Module) -> bool:

@@ -285,53 +285,26 @@ torch::Tensor dequantize_bf16(const torch::Tensor& acc, const torch::Tensor& row
   return out;
 }
 
-// The gated MLP's middle: int32 gate/up products [rows, 2i] (plus, when given, a bf16 addend [rows, 2i]: the
-// outlier channels' products) -> silu(gate) * up -> times `inverse` -> int8 [rows, i] and a scale per row; with
-// `keep` (column indices), those columns' values before `inverse` are also returned as bf16 [rows, len(keep)]
-// (the down projection's outlier channels). Rounded to bf16 where the unfused bf16 passes round.
 std::vector<torch::Tensor> silu_mul_quantize_bf16(const torch::Tensor& acc, const torch::Tensor& row_scale,
-                                                  const torch::Tensor& col_scale, const torch::Tensor& inverse,
-                                                  const torch::Tensor& addend, const torch::Tensor& keep) {
+                                                  const torch::Tensor& col_scale, const torch::Tensor& inverse) {
   TORCH_CHECK(acc.scalar_type() == torch::kInt && acc.dim() == 2 && acc.is_contiguous(), "contiguous int32 [rows, 2i]");
   const int64_t rows = acc.size(0), half = acc.size(1) / 2;
   TORCH_CHECK(row_scale.numel() == rows && col_scale.numel() == 2 * half && inverse.numel() == half,
               "scales per row and column, factors per output column");
-  const bool add = addend.numel() > 0;
-  TORCH_CHECK(!add || (addend.scalar_type() == torch::kBFloat16 && addend.is_contiguous() &&
-                       addend.numel() == acc.numel()), "a contiguous bf16 addend shaped like acc");
-  const int64_t m = keep.numel();
-  TORCH_CHECK(m == 0 || (keep.scalar_type() == torch::kLong && keep.is_contiguous()), "int64 column indices");
   auto q = torch::empty({rows, half}, acc.options().dtype(torch::kChar));
   auto scale = torch::empty({rows, 1}, acc.options().dtype(torch::kFloat));
-  auto kept = torch::empty({rows, m}, acc.options().dtype(torch::kBFloat16));
   const int32_t* in = acc.data_ptr<int32_t>();
-  const uint16_t* ad = add ? reinterpret_cast<const uint16_t*>(addend.data_ptr()) : nullptr;
-  const int64_t* kp = m ? keep.data_ptr<int64_t>() : nullptr;
-  for (int64_t t = 0; t < m; ++t) TORCH_CHECK(kp[t] >= 0 && kp[t] < half, "keep: a column index out of range");
   const float* rs = row_scale.data_ptr<float>();
   const float* cs = col_scale.data_ptr<float>();
   const float* inv = inverse.data_ptr<float>();
   int8_t* qo = q.data_ptr<int8_t>();
   float* so = scale.data_ptr<float>();
-  uint16_t* ko = reinterpret_cast<uint16_t*>(kept.data_ptr());
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> buf(half);
     for (int64_t r = begin; r < end; ++r) {
       const int32_t* gate = in + r * 2 * half;
       const int32_t* up = gate + half;
-      const uint16_t* agate = add ? ad + r * 2 * half : nullptr;
-      const uint16_t* aup = add ? agate + half : nullptr;
       const float s = rs[r];
-      auto mid = [&](int64_t j) {  // silu(gate) * up of column j, as the scalar path rounds it
-        float g = round_bf16(static_cast<float>(gate[j]) * s * cs[j]);
-        float u = round_bf16(static_cast<float>(up[j]) * s * cs[half + j]);
-        if (add) {
-          g = round_bf16(g + bf16_to_float(agate[j]));
-          u = round_bf16(u + bf16_to_float(aup[j]));
-        }
-        const float a = round_bf16(g / (1.0f + exp_scalar(-g)));
-        return round_bf16(a * u);
-      };
       int64_t j = 0;
 #ifdef LBNL_AVX512
       const __m512 vs = _mm512_set1_ps(s), one = _mm512_set1_ps(1.0f);
@@ -340,20 +313,20 @@ std::vector<torch::Tensor> silu_mul_quantize_bf16(const torch::Tensor& acc, cons
             _mm512_cvtepi32_ps(_mm512_loadu_si512(gate + j)), vs), _mm512_loadu_ps(cs + j)));
         __m512 u = round_bf16x16(_mm512_mul_ps(_mm512_mul_ps(
             _mm512_cvtepi32_ps(_mm512_loadu_si512(up + j)), vs), _mm512_loadu_ps(cs + half + j)));
-        if (add) {
-          g = round_bf16x16(_mm512_add_ps(g, load_bf16x16(agate + j)));
-          u = round_bf16x16(_mm512_add_ps(u, load_bf16x16(aup + j)));
-        }
         __m512 a = round_bf16x16(_mm512_div_ps(g, _mm512_add_ps(one, exp16_any(_mm512_sub_ps(_mm512_setzero_ps(), g)))));
         _mm512_storeu_ps(buf.data() + j, _mm512_mul_ps(round_bf16x16(_mm512_mul_ps(a, u)), _mm512_loadu_ps(inv + j)));
       }
 #endif
-      for (; j < half; ++j) buf[j] = mid(j) * inv[j];
-      for (int64_t t = 0; t < m; ++t) ko[r * m + t] = float_to_bf16(mid(kp[t]));
+      for (; j < half; ++j) {
+        const float g = round_bf16(static_cast<float>(gate[j]) * s * cs[j]);
+        const float u = round_bf16(static_cast<float>(up[j]) * s * cs[half + j]);
+        const float a = round_bf16(g / (1.0f + exp_scalar(-g)));
+        buf[j] = round_bf16(a * u) * inv[j];
+      }
       so[r] = quantize_row(buf.data(), half, qo + r * half);
     }
   });
-  return {q, scale, kept};
+  return {q, scale};
 }
 
 // ---- elementwise passes of the bf16 decoder layer (lbnl.engine) ----
@@ -521,18 +494,12 @@ def dequantize(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tens
     return module().dequantize_bf16(acc.contiguous(), row_scale.reshape(-1).contiguous(), col_scale.contiguous())
 
 
-def silu_mul_quantize(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor, inverse: torch.Tensor,
-                      addend: torch.Tensor | None = None, keep: torch.Tensor | None = None
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def silu_mul_quantize(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor, inverse: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """The int8 gated MLP's middle (:func:`lbnl.int8._silu_mul_quantize` in bf16): int32 gate/up products
-    [rows, 2i] (plus ``addend``, bf16 [rows, 2i], when given: the outlier channels' products) to the down
-    projection's int8 input [rows, i], its per-row scale [rows, 1] and, with ``keep`` (column indices), those
-    columns' bf16 values [rows, len(keep)] (the down projection's outlier channels; else ``None``)."""
-    empty = acc.new_empty(0, dtype=torch.bfloat16)
-    q, scale, kept = module().silu_mul_quantize_bf16(
-        acc.contiguous(), row_scale.reshape(-1).contiguous(), col_scale.contiguous(), inverse.contiguous(),
-        empty if addend is None else addend.contiguous(), empty.long() if keep is None else keep.long().contiguous())
-    return q, scale, None if keep is None else kept
+    [rows, 2i] to the down projection's int8 input [rows, i] and its per-row scale [rows, 1]."""
+    return tuple(module().silu_mul_quantize_bf16(acc.contiguous(), row_scale.reshape(-1).contiguous(),
+                                                 col_scale.contiguous(), inverse.contiguous()))
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

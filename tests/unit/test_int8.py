@@ -79,15 +79,11 @@ def test_gated_mlp_matches_float(int_mm_calls: list) -> None:
     assert float((out - ref).abs().max() / ref.abs().max()) < 0.05
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # bf16: the fused native pass where built
-def test_gated_mlp_with_outlier_channels_matches_float(dtype: torch.dtype, int_mm_calls: list,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # bf16: the native SiLU product where built
+def test_gated_mlp_with_outlier_channels_matches_float(dtype: torch.dtype, int_mm_calls: list) -> None:
     from transformers import Qwen3Config
     from transformers.models.qwen3.modeling_qwen3 import Qwen3MLP
 
-    fused_calls = []
-    real = int8.native.silu_mul_quantize
-    monkeypatch.setattr(int8.native, "silu_mul_quantize", lambda *a: fused_calls.append(a[4] is not None) or real(*a))
 
     mlp = Qwen3MLP(Qwen3Config(hidden_size=32, intermediate_size=80, hidden_act="silu")).eval().to(dtype)
     x = torch.randn(9, 32).to(dtype)
@@ -104,8 +100,6 @@ def test_gated_mlp_with_outlier_channels_matches_float(dtype: torch.dtype, int_m
     out = fused(x)
     assert out.dtype == dtype and [c[1:] for c in int_mm_calls[:2]] == [(32, 160), (80, 32)]
     assert error(out) < 0.05 and error(out) < error(plain(x))
-    native_path = dtype == torch.bfloat16 and int8.native.available()
-    assert fused_calls == ([True, False] if native_path else [])  # with outliers (an addend), then plain
 
 
 def test_smoothing_keeps_the_function() -> None:
