@@ -267,7 +267,7 @@ ATTENTION_KERNELS = ("auto", "sdpa", "chunked", "int8")
 
 #: Whether ``auto`` gives a ``quantize="int8"`` model (on a CPU where ``auto`` picks the chunked kernel) int8
 #: query-key products too, for heads of at least :data:`INT8_ATTENTION_MIN_HEAD_DIM`: on the Qwen3-0.6B shape
-#: (128) they made the call 4-6% faster, on lbnl-small (64) 5% slower (docs/results.md, "int8 attention").
+#: (128) they made the call faster, on lbnl-small (64) not (docs/results.md, "int8 attention and in-place outlier sums").
 INT8_MODELS_USE_INT8_ATTENTION = True
 INT8_ATTENTION_MIN_HEAD_DIM = 128
 
