@@ -84,7 +84,6 @@ def test_gated_mlp_with_outlier_channels_matches_float(dtype: torch.dtype, int_m
     from transformers import Qwen3Config
     from transformers.models.qwen3.modeling_qwen3 import Qwen3MLP
 
-
     mlp = Qwen3MLP(Qwen3Config(hidden_size=32, intermediate_size=80, hidden_act="silu")).eval().to(dtype)
     x = torch.randn(9, 32).to(dtype)
     x[:, [5, 20]] *= 200  # loud input channels
@@ -93,11 +92,11 @@ def test_gated_mlp_with_outlier_channels_matches_float(dtype: torch.dtype, int_m
         mid = torch.nn.functional.silu(mlp.gate_proj(x)) * mlp.up_proj(x)
     outliers_in = int8.outlier_channels(x.float().abs().amax(0), 2)
     outliers_mid = int8.outlier_channels(mid.float().abs().amax(0), 4)
-    fused = int8.Int8GatedMLP(mlp.gate_proj, mlp.up_proj, mlp.down_proj, compiled=False, outliers_in=outliers_in,
-                              outliers_mid=outliers_mid)
+    kept = int8.Int8GatedMLP(mlp.gate_proj, mlp.up_proj, mlp.down_proj, compiled=False, outliers_in=outliers_in,
+                             outliers_mid=outliers_mid)
     plain = int8.Int8GatedMLP(mlp.gate_proj, mlp.up_proj, mlp.down_proj, compiled=False)
     error = lambda y: float((y.float() - ref).abs().max() / ref.abs().max())  # noqa: E731
-    out = fused(x)
+    out = kept(x)
     assert out.dtype == dtype and [c[1:] for c in int_mm_calls[:2]] == [(32, 160), (80, 32)]
     assert error(out) < 0.05 and error(out) < error(plain(x))
 
