@@ -304,9 +304,13 @@ def test_a_stop_requested_inside_the_weight_update_lands_after_it(tiny_checkpoin
     """What ``lbnl train``'s SIGINT/SIGTERM handler calls, arriving mid-update (the CI flake: a kill there used to
     save nothing): the update finishes, then the run stops with a checkpoint of that whole step."""
     out = tmp_path / "run"
-    trainer = Trainer(load_config(None, overrides(tiny_checkpoint, planted, out, "run.save_every=0",
-                                                  "run.eval_every=0", "data.validation_queries=0",
-                                                  "optim.max_steps=50")))
+
+    def trainer_to(max_steps: int) -> Trainer:
+        return Trainer(load_config(None, overrides(tiny_checkpoint, planted, out, "run.save_every=0",
+                                                   "run.eval_every=0", "data.validation_queries=0",
+                                                   f"optim.max_steps={max_steps}")))
+
+    trainer = trainer_to(50)
     update = trainer.optimizer.step
     arrived = []
 
@@ -321,9 +325,7 @@ def test_a_stop_requested_inside_the_weight_update_lands_after_it(tiny_checkpoin
         trainer.run()
     assert arrived == [2] and trainer.step == 3
     assert [p.name for p in sorted((out / "checkpoints").glob("step-*"))] == ["step-00000003"]
-    resumed = Trainer(load_config(None, overrides(tiny_checkpoint, planted, out, "run.save_every=0",
-                                                  "run.eval_every=0", "data.validation_queries=0",
-                                                  "optim.max_steps=4")))
+    resumed = trainer_to(4)
     resumed.run()
     assert resumed.step == 4
     with pytest.raises(KeyboardInterrupt):
