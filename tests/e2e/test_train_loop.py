@@ -381,6 +381,32 @@ def test_calibration_with_lone_splits_separates_lone_documents(tiny_checkpoint: 
     assert after >= 10 and after > before
 
 
+def test_order_term_brings_the_two_readings_together(tiny_checkpoint: Path, planted: Path, tmp_path: Path) -> None:
+    """loss.order: each list is also read in reverse (one more prompt per list, the lone lists excepted), and
+    the two readings' score distributions of lists the run never saw move closer."""
+    from lbnl.train.lists import collate
+
+    config = load_config(None, overrides(tiny_checkpoint, planted, tmp_path / "order", "optim.lr=3e-3",
+                                         "optim.max_steps=16", "optim.lists_per_batch=4", "data.validation_queries=0",
+                                         "loss.rank=1", "loss.disperse=0", "loss.dual=0", "loss.similar=0",
+                                         "loss.order=1", "run.save_every=0"))
+    trainer = Trainer(config)
+    lists = trainer.sampler.lists(0, 4)
+    assert all(len(x.prompts) == (2 if x.n_docs > 1 else 1) for x in lists)
+    held = [collate(trainer.sampler.lists(s, 4), trainer.pad_id) for s in range(400, 440, 4)]   # lists the run does not see
+
+    def held_out_order() -> float:
+        trainer.model.eval()
+        with torch.no_grad():
+            return float(np.mean([trainer.batch_losses(b).components["order"] for b in held]))
+
+    before = held_out_order()
+    result = trainer.run()
+    trains = [r for r in result.history if r["type"] == "train"]
+    assert all("order" in r and "rank" in r for r in trains)
+    assert before > 0 and held_out_order() < 0.8 * before
+
+
 def test_distillation_follows_the_teacher(tiny_checkpoint: Path, planted: Path, tmp_path: Path) -> None:
     """loss.distill alone: the student's list distributions move towards a (tiny, real) teacher's,
     in ordinary lists and in lone splits (one list across prompts)."""

@@ -69,6 +69,24 @@ def test_dual_and_similar_prompts(lbnl_tokenizer) -> None:
     assert main_order != aug_order
 
 
+def test_reverse_adds_the_main_documents_in_reverse_order(lbnl_tokenizer) -> None:
+    docs = _docs(5)
+    plain = ListEncoder(lbnl_tokenizer, max_doc_tokens=30).encode("which study", docs, np.random.default_rng(0))
+    enc = ListEncoder(lbnl_tokenizer, max_doc_tokens=30, reverse=True)
+    out = enc.encode("which study", docs, np.random.default_rng(0))
+    # the same main and augmented prompts (reversing draws nothing), then the reversed one
+    assert out.prompts[:2] == plain.prompts and len(out.prompts) == 3
+    assert all(p == 2 for p, _ in out.reread_doc) and all(q[0] == 2 for q in out.reread_query)
+    main_order = sorted(range(5), key=lambda i: out.doc[i][1])
+    assert sorted(range(5), key=lambda i: out.reread_doc[i][1]) == main_order[::-1]
+    rerank_id = lbnl_tokenizer.convert_tokens_to_ids(RERANK_TOKEN)
+    assert out.prompts[2][out.reread_query[0][1]] == rerank_id and len(out.prompts[2]) == len(out.prompts[0])
+    lone = enc.encode("which study", docs[:1], np.random.default_rng(0))
+    assert len(lone.prompts) == 2 and lone.reread_doc == lone.doc and lone.reread_query == lone.query
+    with pytest.raises(ValueError, match="listwise"):
+        ListEncoder(lbnl_tokenizer, mode="pointwise", reverse=True)
+
+
 def test_positive_position_is_shuffled(lbnl_tokenizer) -> None:
     docs = _docs(6, words=5)
     enc = ListEncoder(lbnl_tokenizer, dual=False, similar=False)
@@ -118,6 +136,20 @@ def test_collate_indexes_the_right_tokens(beir_dir: Path, lbnl_tokenizer) -> Non
     assert batch.input_ids.shape[0] == sum(len(x.prompts) for x in lists)
     assert batch.docs == int(batch.mask.sum()) and batch.tokens < batch.input_ids.numel() + 1
     assert isinstance(batch.input_ids, torch.Tensor)
+    assert batch.reread_doc is None and batch.reread_query is None
+
+
+def test_collate_indexes_the_reversed_reading(beir_dir: Path, lbnl_tokenizer) -> None:
+    data = build_train_data(data_config(beir_dir), seed=0)
+    enc = ListEncoder(lbnl_tokenizer, max_doc_tokens=24, similar=False, reverse=True)
+    lists = ListSampler(data, enc, negatives=3, seed=0).lists(0, 3)
+    batch = collate(lists, pad_id=lbnl_tokenizer.pad_token_id)
+    flat = batch.input_ids.reshape(-1)
+    assert bool((flat[batch.reread_doc[batch.mask]] == enc.embed_id).all())
+    assert bool((flat[batch.reread_query[batch.mask]] == enc.rerank_id).all())
+    width = batch.input_ids.shape[1]
+    # the reversed reading sits in other prompts than the main one, and reads the same documents
+    assert bool((batch.reread_doc[batch.mask] // width != batch.doc[batch.mask] // width).all())
 
 
 def test_list_size_augmentation_draws_every_size(beir_dir: Path, lbnl_tokenizer) -> None:
@@ -174,6 +206,15 @@ def test_lone_split_is_validated() -> None:
         load_config(None, [*base, "data.lone_split=0.3", "optim.lists_per_batch=1"])
     config = load_config(None, [*base, "data.lone_split=0.3", "loss.calibrate=0.5"])
     assert config.data.lone_split == 0.3 and config.loss.calibrate == 0.5
+
+
+def test_order_loss_needs_listwise_prompts() -> None:
+    base = ["model.base=x", "data.path=x", "run.output_dir=x", "loss.order=0.5"]
+    assert load_config(None, base).loss.order == 0.5
+    with pytest.raises(InvalidInputError, match="loss.order"):
+        load_config(None, [*base, "mode=pointwise"])
+    with pytest.raises(InvalidInputError, match=">= 0"):
+        load_config(None, [*base[:3], "loss.order=-1"])
 
 
 def test_batches_carry_the_texts_the_prompts_hold(lbnl_tokenizer) -> None:

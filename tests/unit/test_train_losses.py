@@ -246,3 +246,37 @@ def test_distillation_loss_keeps_only_the_gated_lists() -> None:
     gated = L.distillation_loss(query, docs, teacher, 0.1, 0.05, lists=lists)
     assert gated.item() == pytest.approx(L.distillation_loss(query[1:2], docs[1:2], teacher[1:2], 0.1, 0.05).item())
     assert L.distillation_loss(query, docs, teacher, 0.1, 0.05, lists=torch.zeros(3, dtype=torch.bool)).item() == 0.0
+
+
+def test_order_loss_hand_value_and_symmetry() -> None:
+    tau = 0.5
+    q = t([E0])
+    docs = t([[E0, E1, NEG_E0]])           # cosines 1, 0, -1: logits 2, 0, -2
+    reread = t([[E1, E0, NEG_E0]])         # read in reverse, the first two swap: logits 0, 2, -2
+    a = torch.log_softmax(t([2.0, 0.0, -2.0]), 0)
+    b = torch.log_softmax(t([0.0, 2.0, -2.0]), 0)
+    expected = float(((a.exp() - b.exp()) * (a - b)).sum() / 2)  # (KL(a||b) + KL(b||a)) / 2
+    assert L.order_loss(q, docs, q, reread, tau).item() == pytest.approx(expected, rel=1e-6)
+    assert L.order_loss(q, reread, q, docs, tau).item() == pytest.approx(expected, rel=1e-6)
+    assert L.order_loss(q, docs, q, docs, tau).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_order_loss_mask_lone_lists_and_gradients() -> None:
+    torch.manual_seed(0)
+    docs = torch.randn(3, 4, 8, requires_grad=True)
+    reread = torch.randn(3, 4, 8)
+    query = torch.randn(3, 8)
+    mask = torch.tensor([[True, True, True, False], [True, True, False, False], [True, False, False, False]])
+    value = L.order_loss(query, docs, query, reread, 0.1, mask)
+    # the one-document list adds nothing; padding is ignored
+    two = L.order_loss(query[:2], docs[:2], query[:2], reread[:2], 0.1, mask[:2])
+    assert value.item() == pytest.approx(two.item(), rel=1e-6) and value.item() > 0
+    first_alone = L.order_loss(query[:1], docs[:1, :3], query[:1], reread[:1, :3], 0.1)
+    second_alone = L.order_loss(query[1:2], docs[1:2, :2], query[1:2], reread[1:2, :2], 0.1)
+    assert value.item() == pytest.approx((first_alone.item() + second_alone.item()) / 2, rel=1e-5)
+    value.backward()
+    assert torch.isfinite(docs.grad).all() and float(docs.grad[:, 3].abs().sum()) == 0.0
+    with torch.no_grad():
+        stepped = docs - 0.05 * docs.grad
+    assert L.order_loss(query, stepped, query, reread, 0.1, mask).item() < value.item()
+    assert L.order_loss(query[2:], docs[2:], query[2:], reread[2:], 0.1, mask[2:]).item() == 0.0

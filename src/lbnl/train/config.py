@@ -120,6 +120,9 @@ class LossConfig:
     distill: float = _f(0.0, "Weight of L_distill (lbnl's addition): KL divergence from a teacher's score "
                              "distribution over each list to the student's; lone-split micro-batches are one "
                              "list across prompts. Needs loss.teacher.")
+    order: float = _f(0.0, "Weight of L_order (lbnl's addition): symmetric KL divergence between a list's score "
+                           "distributions read in its order and in reverse order (one more prompt per list), so "
+                           "that the order of the documents does not decide a ranking. Listwise only.")
     teacher: str | None = _f(None, "Directory of the sentence-embedding model L_distill follows (cosine of mean-pooled "
                                    "embeddings; e.g. all-MiniLM-L6-v2 from: python scripts/teacher.py fetch). "
                                    "Training-time only.")
@@ -209,13 +212,15 @@ class TrainConfig:
         if not 0 <= self.loss.span_drop_min <= self.loss.span_drop_max < 1:
             raise InvalidInputError("need 0 <= loss.span_drop_min <= loss.span_drop_max < 1")
         weights = (self.loss.rank, self.loss.disperse, self.loss.dual, self.loss.similar, self.loss.calibrate,
-                   self.loss.distill)
+                   self.loss.distill, self.loss.order)
         if min(weights) < 0:
             raise InvalidInputError("loss weights must be >= 0")
         if max(weights) == 0:
             raise InvalidInputError("every loss weight is 0")
         if self.loss.distill and not self.loss.teacher:
             raise InvalidInputError("loss.distill needs loss.teacher (a sentence-embedding model directory)")
+        if self.loss.order and self.mode != "listwise":
+            raise InvalidInputError("loss.order needs mode: listwise (a pointwise prompt holds one document)")
         if self.loss.teacher_temperature <= 0:
             raise InvalidInputError("loss.teacher_temperature must be positive")
         if not 0 <= self.data.lone_split <= 1:

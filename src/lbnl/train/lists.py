@@ -25,7 +25,9 @@ class EncodedList:
     Slots are ``(prompt index, token position)``, indexed by the list's documents in canonical
     order (the positive first): ``doc`` in the main prompts, ``query`` and ``early`` the final and
     early rerank tokens the document's prompt holds, ``augmented`` the document's augmented copy in
-    the second pass. ``positive`` is False for a list holding only a negative (``data.lone_split``).
+    the second pass, ``reread_doc`` and ``reread_query`` each document's embed token and the final rerank
+    token in a prompt holding the main prompt's documents in reverse order (a one-document list is its
+    own reverse: the main slots). ``positive`` is False for a list holding only a negative (``data.lone_split``).
     ``query_text`` and ``texts`` are the query and documents (canonical order) as the prompts hold
     them, after truncation: what a distillation teacher reads.
     """
@@ -35,6 +37,8 @@ class EncodedList:
     query: list[tuple[int, int]]
     early: list[tuple[int, int]] | None = None
     augmented: list[tuple[int, int]] | None = None
+    reread_doc: list[tuple[int, int]] | None = None
+    reread_query: list[tuple[int, int]] | None = None
     positive: bool = True
     query_text: str = ""
     texts: list[str] | None = None
@@ -69,13 +73,17 @@ class ListEncoder:
         dual: add the early query token (for L_dual).
         similar: add the augmented, shuffled second pass (for L_similar).
         span_drop: (low, high) fraction of a document's tokens dropped in its augmented copy.
+        reverse: add the main prompt's documents in reverse order as another prompt (for L_order;
+            listwise only). It draws nothing from the generator, so the lists are the same either way.
     """
 
     def __init__(self, tokenizer: Any, *, mode: str = "listwise", max_doc_tokens: int = 768,
                  max_query_tokens: int = 512, instruction: str | None = None, dual: bool = True,
-                 similar: bool = True, span_drop: tuple[float, float] = (0.1, 0.2)):
+                 similar: bool = True, span_drop: tuple[float, float] = (0.1, 0.2), reverse: bool = False):
         if mode not in ("listwise", "pointwise"):
             raise ValueError(f"mode must be listwise or pointwise, got {mode!r}")
+        if reverse and mode != "listwise":
+            raise ValueError("reverse (L_order) needs listwise prompts: a pointwise prompt has no order")
         self.tokenizer = tokenizer
         self.mode = mode
         self.max_doc_tokens = max_doc_tokens
@@ -84,6 +92,7 @@ class ListEncoder:
         self.dual = dual
         self.similar = similar
         self.span_drop = span_drop
+        self.reverse = reverse
         vocab = tokenizer.get_vocab()
         self.embed_id, self.rerank_id = vocab[EMBED_TOKEN], vocab[RERANK_TOKEN]
         self._docs: dict[str, tuple[str, list[int]]] = {}
@@ -127,10 +136,16 @@ class ListEncoder:
             augmented = [self.tokenizer.decode(drop_span(ids, rng, low, high), skip_special_tokens=False)
                          for _, ids in texts]
             passes.append(("augmented", augmented, rng.permutation(n)))
+        if self.reverse and n > 1:
+            passes.append(("reread", passes[0][1], passes[0][2][::-1]))
         out = EncodedList(prompts=[], doc=[(0, 0)] * n, query=[(0, 0)] * n,
                           early=[(0, 0)] * n if self.dual else None,
                           augmented=[(0, 0)] * n if self.similar else None,
                           query_text=query, texts=[t for t, _ in texts])
+        if self.reverse:  # filled by the reversed pass; a one-document list reads its main slots
+            out.reread_doc, out.reread_query = out.doc, out.query
+            if n > 1:
+                out.reread_doc, out.reread_query = [(0, 0)] * n, [(0, 0)] * n
         for name, pass_texts, order in passes:
             if self.mode == "listwise":
                 layout = [list(order)]
@@ -149,6 +164,9 @@ class ListEncoder:
                         out.query[canonical] = (base + p, finals[p])
                         if out.early is not None:
                             out.early[canonical] = (base + p, earlies[p])
+                    elif name == "reread":
+                        out.reread_doc[canonical] = where
+                        out.reread_query[canonical] = (base + p, finals[p])
                     else:
                         assert out.augmented is not None
                         out.augmented[canonical] = where
@@ -248,7 +266,8 @@ class ListSampler:
 class Batch:
     """Right-padded prompts of several lists and the flat positions (``row * width + column``) to read.
 
-    ``doc``, ``query``, ``early``, ``augmented`` and ``mask`` are ``[lists, max documents]``;
+    ``doc``, ``query``, ``early``, ``augmented``, ``reread_doc``, ``reread_query`` and ``mask`` are
+    ``[lists, max documents]``;
     ``positive`` ``[lists]`` marks the lists whose document 0 is a positive; ``queries`` and ``texts``
     hold each list's query and documents as text (for a teacher).
     """
@@ -259,6 +278,8 @@ class Batch:
     mask: Any
     early: Any = None
     augmented: Any = None
+    reread_doc: Any = None
+    reread_query: Any = None
     docs: int = 0
     tokens: int = 0
     positive: Any = None
@@ -278,7 +299,7 @@ def collate(lists: Sequence[EncodedList], pad_id: int) -> Batch:
     n = max(item.n_docs for item in lists)
     mask = torch.zeros((len(lists), n), dtype=torch.bool)
     tables: dict[str, Any] = {}
-    for name in ("doc", "query", "early", "augmented"):
+    for name in ("doc", "query", "early", "augmented", "reread_doc", "reread_query"):
         if getattr(lists[0], name) is None:
             tables[name] = None
             continue
@@ -292,6 +313,7 @@ def collate(lists: Sequence[EncodedList], pad_id: int) -> Batch:
     for b, item in enumerate(lists):
         mask[b, : item.n_docs] = True
     return Batch(ids, tables["doc"], tables["query"], mask, tables["early"], tables["augmented"],
+                 tables["reread_doc"], tables["reread_query"],
                  docs=sum(item.n_docs for item in lists), tokens=sum(item.n_tokens for item in lists),
                  positive=torch.tensor([item.positive for item in lists], dtype=torch.bool),
                  queries=[item.query_text for item in lists], texts=[list(item.texts or []) for item in lists])

@@ -2,8 +2,9 @@
 
 One optimizer step takes ``grad_accum`` micro-batches of ``lists_per_batch`` lists. Each
 micro-batch is one right-padded forward over the main prompts (with the early query token when
-L_dual is on) and the augmented, shuffled prompts (when L_similar is on); the embeddings are read
-at gathered positions and the four objectives of :mod:`lbnl.train.losses` combined. Checkpoints
+L_dual is on), the augmented, shuffled prompts (when L_similar is on) and the main prompts' documents
+in reverse order (when L_order is on); the embeddings are read at gathered positions and the
+objectives of :mod:`lbnl.train.losses` combined. Checkpoints
 hold the trainable tensors, optimizer, scheduler and RNG states; the data stream is a function of
 the step, so a resumed run continues exactly where it stopped.
 """
@@ -42,7 +43,7 @@ LOG_FILE = "train_log.jsonl"
 PLOT_FILE = "loss_curve.png"
 SUMMARY_FILE = "summary.json"
 #: The loss and its components, as logged, shown on the progress bar and plotted.
-COMPONENTS = ("loss", "rank", "disperse", "dual", "similar", "calibrate", "distill")
+COMPONENTS = ("loss", "rank", "disperse", "dual", "similar", "calibrate", "distill", "order")
 #: The held-out query ids, one per line (``lbnl eval --query-ids`` reads it).
 VALIDATION_FILE = "validation_queries.txt"
 #: Config keys that may change between a run and its resumption without a warning.
@@ -145,6 +146,7 @@ class Trainer:
             self.tokenizer, mode=config.mode, max_doc_tokens=config.data.max_doc_tokens,
             max_query_tokens=config.data.max_query_tokens, instruction=config.data.instruction,
             dual=loss.dual > 0, similar=loss.similar > 0, span_drop=(loss.span_drop_min, loss.span_drop_max),
+            reverse=loss.order > 0,
         )
         self.sampler = ListSampler(self.data, self.encoder, negatives=config.data.negatives, seed=self.seed,
                                    negatives_min=config.data.negatives_min,
@@ -164,7 +166,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, self.total_steps, opt.warmup_steps, opt.schedule))
         self.weights = {"rank": loss.rank, "disperse": loss.disperse, "dual": loss.dual, "similar": loss.similar,
-                        "calibrate": loss.calibrate, "distill": loss.distill}
+                        "calibrate": loss.calibrate, "distill": loss.distill, "order": loss.order}
         self.teacher = None
         if loss.distill:
             from .teacher import EmbeddingTeacher
@@ -191,7 +193,8 @@ class Trainer:
         with self._autocast():
             hidden = self.model.hidden_states(batch.input_ids.to(self.device))
             flat = hidden.reshape(-1, hidden.shape[-1])
-            names = [k for k in ("doc", "query", "early", "augmented") if getattr(batch, k) is not None]
+            names = [k for k in ("doc", "query", "early", "augmented", "reread_doc", "reread_query")
+                     if getattr(batch, k) is not None]
             index = torch.cat([getattr(batch, k).reshape(-1) for k in names]).to(self.device)
             projected = self.model.project(flat[index])
         parts = {k: v.reshape(b, n, -1).float() for k, v in zip(names, projected.split(b * n))}
@@ -207,6 +210,9 @@ class Trainer:
             values["calibrate"] = L.calibration_loss(parts["query"], docs, cfg.temperature, mask, positive)
         if "augmented" in parts:
             values["similar"] = L.similarity_loss(docs, parts["augmented"], cfg.temperature, mask)
+        if "reread_doc" in parts:
+            values["order"] = L.order_loss(parts["query"], docs, parts["reread_query"], parts["reread_doc"],
+                                           cfg.temperature, mask)
         if self.teacher is not None:
             values["distill"] = self._distill(batch, parts["query"], docs, mask)
         return L.combine(values, self.weights)

@@ -146,6 +146,37 @@ def calibration_loss(
     return (torch.logsumexp(logits, dim=1) - pos).mean()
 
 
+def order_loss(
+    query: torch.Tensor, docs: torch.Tensor, reread_query: torch.Tensor, reread_docs: torch.Tensor, tau: float,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """L_order (lbnl's addition, not in the paper): a list's score distribution must not depend on the order
+    its documents are read in. Symmetric KL divergence between the softmax of the scores (cosine / tau) in
+    the main prompt and in a prompt holding the same documents in reverse order; lists of one document add
+    nothing.
+
+    Args:
+        query, reread_query: ``[B, D]`` or ``[B, n, D]`` final query embeddings of the two readings (per
+            document when the list spans prompts, as in :func:`rank_loss`).
+        docs, reread_docs: ``[B, n, D]`` document embeddings, aligned: row ``[b, i]`` is the same document.
+        tau: temperature.
+        mask: ``[B, n]`` real documents.
+    """
+    mask = _full_mask(docs, mask)
+
+    def log_probs(q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        per_doc = q.unsqueeze(1).expand_as(d) if q.dim() == 2 else q
+        scores = (_cosine_rows(per_doc, d) / tau).masked_fill(~mask, float("-inf"))
+        return torch.log_softmax(scores, dim=-1).masked_fill(~mask, 0.0)  # no -inf - -inf at padding
+
+    a, b = log_probs(query, docs), log_probs(reread_query, reread_docs)
+    terms = ((a.exp() - b.exp()) * (a - b)).masked_fill(~mask, 0.0).sum(-1) / 2
+    lists = mask.sum(-1) > 1
+    if not bool(lists.any()):
+        return docs.new_zeros((), dtype=torch.float32)
+    return terms[lists].mean()
+
+
 def teacher_agrees(teacher: torch.Tensor, mask: torch.Tensor, positive: torch.Tensor | None = None) -> torch.Tensor:
     """``[B]``: the lists whose document 0 is a positive that the teacher scores above every other
     real document of the list (the gate of ``loss.distill_gate``).
