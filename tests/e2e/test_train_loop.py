@@ -381,11 +381,24 @@ def test_calibration_with_lone_splits_separates_lone_documents(tiny_checkpoint: 
     assert after >= 10 and after > before
 
 
+def held_out_component(trainer: Trainer, name: str):
+    """A function measuring the mean of one loss component over lists 400-439 of the stream, which the
+    short runs here never see."""
+    from lbnl.train.lists import collate
+
+    held = [collate(trainer.sampler.lists(s, 4), trainer.pad_id) for s in range(400, 440, 4)]
+
+    def measure() -> float:
+        trainer.model.eval()
+        with torch.no_grad():
+            return float(np.mean([trainer.batch_losses(b).components[name] for b in held]))
+
+    return measure
+
+
 def test_order_term_brings_the_two_readings_together(tiny_checkpoint: Path, planted: Path, tmp_path: Path) -> None:
     """loss.order: each list is also read in reverse (one more prompt per list, the lone lists excepted), and
     the two readings' score distributions of lists the run never saw move closer."""
-    from lbnl.train.lists import collate
-
     config = load_config(None, overrides(tiny_checkpoint, planted, tmp_path / "order", "optim.lr=3e-3",
                                          "optim.max_steps=16", "optim.lists_per_batch=4", "data.validation_queries=0",
                                          "loss.rank=1", "loss.disperse=0", "loss.dual=0", "loss.similar=0",
@@ -393,13 +406,7 @@ def test_order_term_brings_the_two_readings_together(tiny_checkpoint: Path, plan
     trainer = Trainer(config)
     lists = trainer.sampler.lists(0, 4)
     assert all(len(x.prompts) == (2 if x.n_docs > 1 else 1) for x in lists)
-    held = [collate(trainer.sampler.lists(s, 4), trainer.pad_id) for s in range(400, 440, 4)]   # lists the run does not see
-
-    def held_out_order() -> float:
-        trainer.model.eval()
-        with torch.no_grad():
-            return float(np.mean([trainer.batch_losses(b).components["order"] for b in held]))
-
+    held_out_order = held_out_component(trainer, "order")
     before = held_out_order()
     result = trainer.run()
     trains = [r for r in result.history if r["type"] == "train"]
@@ -411,7 +418,6 @@ def test_distillation_follows_the_teacher(tiny_checkpoint: Path, planted: Path, 
     """loss.distill alone: the student's list distributions move towards a (tiny, real) teacher's,
     in ordinary lists and in lone splits (one list across prompts)."""
     from lbnl.testing.checkpoints import build_tiny_teacher
-    from lbnl.train.lists import collate
 
     teacher = build_tiny_teacher(tmp_path / "teacher")
     config = load_config(None, overrides(tiny_checkpoint, planted, tmp_path / "distill", "optim.lr=3e-3",
@@ -422,13 +428,7 @@ def test_distillation_follows_the_teacher(tiny_checkpoint: Path, planted: Path, 
     trainer = Trainer(config)
     splits = [trainer.sampler.is_lone_split(s) for s in range(0, 24 * 4, 4)]
     assert 0 < sum(splits) < 24
-    held = [collate(trainer.sampler.lists(s, 4), trainer.pad_id) for s in range(400, 440, 4)]   # lists the run does not see
-
-    def held_out_kl() -> float:
-        trainer.model.eval()
-        with torch.no_grad():
-            return float(np.mean([trainer.batch_losses(b).components["distill"] for b in held]))
-
+    held_out_kl = held_out_component(trainer, "distill")
     before = held_out_kl()
     result = trainer.run()
     trains = [r for r in result.history if r["type"] == "train"]
