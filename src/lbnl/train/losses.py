@@ -28,6 +28,13 @@ def _cosine_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (F.normalize(a.float(), dim=-1) * F.normalize(b.float(), dim=-1)).sum(-1)
 
 
+def _list_scores(query: torch.Tensor, docs: torch.Tensor, tau: float) -> torch.Tensor:
+    """``[B, n]``: each document's cosine with its query over ``tau``; ``query`` is ``[B, D]`` (one per list)
+    or ``[B, n, D]`` (per document, when a list spans prompts)."""
+    per_doc = query.unsqueeze(1).expand_as(docs) if query.dim() == 2 else query
+    return _cosine_rows(per_doc, docs) / tau
+
+
 def cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """All cosines between two sets of vectors: ``[..., n, D] x [..., m, D] -> [..., n, m]``."""
     return F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).transpose(-1, -2)
@@ -75,8 +82,7 @@ def rank_loss(
             their documents as in-batch negatives.
     """
     mask = _full_mask(docs, mask)
-    per_doc = query.unsqueeze(1).expand_as(docs) if query.dim() == 2 else query
-    logits = _cosine_rows(per_doc, docs) / tau
+    logits = _list_scores(query, docs, tau)
     if in_batch_negatives and docs.shape[0] > 1:
         b, n, _ = docs.shape
         single = query if query.dim() == 2 else (query * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
@@ -135,8 +141,7 @@ def calibration_loss(
     mask = _full_mask(docs, mask)
     b = docs.shape[0]
     positive = torch.ones(b, dtype=torch.bool, device=docs.device) if positive is None else positive.bool()
-    per_doc = query.unsqueeze(1).expand_as(docs) if query.dim() == 2 else query
-    scores = _cosine_rows(per_doc, docs) / tau
+    scores = _list_scores(query, docs, tau)
     is_pos = torch.zeros_like(mask)
     is_pos[:, 0] = positive
     pos, neg = scores[is_pos & mask], scores[mask & ~is_pos]
@@ -165,8 +170,7 @@ def order_loss(
     mask = _full_mask(docs, mask)
 
     def log_probs(q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        per_doc = q.unsqueeze(1).expand_as(d) if q.dim() == 2 else q
-        scores = (_cosine_rows(per_doc, d) / tau).masked_fill(~mask, float("-inf"))
+        scores = _list_scores(q, d, tau).masked_fill(~mask, float("-inf"))
         return torch.log_softmax(scores, dim=-1).masked_fill(~mask, 0.0)  # no -inf - -inf at padding
 
     a, b = log_probs(query, docs), log_probs(reread_query, reread_docs)
@@ -218,8 +222,7 @@ def distillation_loss(
         keep = keep & lists.to(keep.device)
     if not bool(keep.any()):
         return docs.new_zeros((), dtype=torch.float32)
-    per_doc = query.unsqueeze(1).expand_as(docs) if query.dim() == 2 else query
-    student = (_cosine_rows(per_doc, docs) / tau).masked_fill(~mask, float("-inf"))[keep]
+    student = _list_scores(query, docs, tau).masked_fill(~mask, float("-inf"))[keep]
     target = (teacher.float().to(docs.device) / teacher_tau).masked_fill(~mask, float("-inf"))[keep]
     log_p, log_q = F.log_softmax(target, dim=-1), F.log_softmax(student, dim=-1)
     real = mask[keep]
