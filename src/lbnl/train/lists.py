@@ -143,9 +143,7 @@ class ListEncoder:
                           augmented=[(0, 0)] * n if self.similar else None,
                           query_text=query, texts=[t for t, _ in texts])
         if self.reverse:  # filled by the reversed pass; a one-document list reads its main slots
-            out.reread_doc, out.reread_query = out.doc, out.query
-            if n > 1:
-                out.reread_doc, out.reread_query = [(0, 0)] * n, [(0, 0)] * n
+            out.reread_doc, out.reread_query = ([(0, 0)] * n, [(0, 0)] * n) if n > 1 else (out.doc, out.query)
         for name, pass_texts, order in passes:
             if self.mode == "listwise":
                 layout = [list(order)]
