@@ -3,7 +3,9 @@
     python bench/cpu_kernels.py [--tokens 5500] [--threads 1]
     LBNL_MALLOC_TUNING=0 python bench/cpu_kernels.py     # the same with glibc's allocator left alone
 
-Prints, best of 3: a bf16 linear layer (the MLP's joined gate/up projection), two elementwise
+Prints, best of 3: a bf16 linear layer (the MLP's joined gate/up projection), the same layer in int8
+through each of :mod:`lbnl.int8`'s matmul backends (the integer products alone, then the whole layer with
+its per-token quantization and dequantization), two elementwise
 kernels over a fresh 45 MB output (exp in float32, SiLU in bf16: these pay the page faults that
 :func:`lbnl.hardware.tune_allocator` avoids), and causal attention (16 query heads, 8 key/value heads
 of 128) through torch's SDPA in bf16 and float32 and through lbnl's chunked bf16 kernel, with the
@@ -26,6 +28,7 @@ def main() -> None:
     import torch
 
     from lbnl.attention import causal_attention_chunked
+    from lbnl.int8 import MATMUL_BACKENDS, Int8Linear, onednn_available
     from lbnl.hardware import cpu_has_amx, tune_allocator
 
     tuned = tune_allocator()
@@ -50,6 +53,16 @@ def main() -> None:
     seconds = best(lambda: F.linear(x, w))
     print(f"  bf16 linear {n}x{hidden} @ {hidden}x{6 * hidden}: {seconds * 1e3:8.1f} ms "
           f"{2 * n * hidden * 6 * hidden / seconds / 1e12:.3f} TFLOP/s")
+    ops = 2 * n * hidden * 6 * hidden
+    for backend in MATMUL_BACKENDS:
+        if backend == "onednn" and not onednn_available():
+            print("  int8 linear (onednn): not in this torch build")
+            continue
+        layer = Int8Linear(w, backend=backend)
+        rows = layer.quantize(x)
+        products, whole = best(lambda: layer.matmul(rows)), best(lambda: layer(x))
+        print(f"  int8 linear ({backend:6s}) products {products * 1e3:8.1f} ms {ops / products / 1e12:.3f} TOP/s, "
+              f"whole layer {whole * 1e3:8.1f} ms {ops / whole / 1e12:.3f} TOP/s")
     scores = torch.randn(8, 256, n, generator=gen)
     print(f"  exp, float32, 8x256x{n}, fresh output: {best(lambda: torch.exp(scores)) * 1e3:8.1f} ms")
     gate = F.linear(x, w)

@@ -188,17 +188,33 @@ def weight_plan(quantize: str | None, device: str | torch.device | None,
     return quantize, dtype
 
 
-def quantize_model(model: Any, quantize: str | None, tokenizer: Any = None) -> Any:
+#: Whether :func:`quantize_int8` multiplies through oneDNN's int8 linear with packed weights (:mod:`lbnl.int8`
+#: backend ``onednn``) on AMX CPUs, where ``torch._int_mm`` ran slower than a bf16 matmul while the packed
+#: kernel ran about twice as fast (docs/results.md, "Speed: Intel Xeon with AMX"). Other CPUs keep ``int_mm``,
+#: the backend measured there. Both compute the same integer products, so the choice never changes a score.
+INT8_ONEDNN_ON_AMX = True
+
+
+def int8_backend() -> str:
+    """The :data:`lbnl.int8.MATMUL_BACKENDS` entry :func:`quantize_int8` uses on this CPU by default."""
+    from .int8 import onednn_available
+
+    return "onednn" if INT8_ONEDNN_ON_AMX and cpu_has_amx() and onednn_available() else "int_mm"
+
+
+def quantize_model(model: Any, quantize: str | None, tokenizer: Any = None, backend: str | None = None) -> Any:
     """Apply a quantization of :data:`QUANTIZATIONS` to a loaded model, in place (``None``: nothing);
-    ``int8`` calibrates its outlier channels on built-in prompts made with ``tokenizer``."""
+    ``int8`` calibrates its outlier channels on built-in prompts made with ``tokenizer``. ``backend``: the int8
+    matmul backend (default :func:`int8_backend`)."""
     if quantize == "int8":
         if tokenizer is None:
             raise InvalidInputError("quantize='int8' needs the model's tokenizer to calibrate its outlier channels")
         from .int8 import OUTLIER_CHANNELS, calibration_rows
 
-        return quantize_int8(model, calibration=calibration_rows(tokenizer), outliers=OUTLIER_CHANNELS)
+        return quantize_int8(model, calibration=calibration_rows(tokenizer), outliers=OUTLIER_CHANNELS,
+                             backend=backend)
     if quantize == "int8-plain":
-        return quantize_int8(model)
+        return quantize_int8(model, backend=backend)
     if quantize == "int8-dynamic":
         return quantize_int8_dynamic(model)
     if quantize is not None:
@@ -207,7 +223,7 @@ def quantize_model(model: Any, quantize: str | None, tokenizer: Any = None) -> A
 
 
 def quantize_int8(model: Any, compiled: bool = True, calibration: Sequence[Sequence[int]] | None = None,
-                  alpha: float | None = None, outliers: int = 0) -> Any:
+                  alpha: float | None = None, outliers: int = 0, backend: str | None = None) -> Any:
     """Run the decoder's matmuls in int8 (:mod:`lbnl.int8`: int8 weights per output channel, int8 activations
     per token), in place; the model keeps its float dtype for everything else (CPU only).
 
@@ -223,10 +239,12 @@ def quantize_int8(model: Any, compiled: bool = True, calibration: Sequence[Seque
         alpha: the smoothing exponent (default :data:`lbnl.int8.SMOOTHING_ALPHA`).
         outliers: input channels per matmul kept out of int8 and multiplied in the float dtype
             (``quantize="int8"`` keeps :data:`lbnl.int8.OUTLIER_CHANNELS`); needs ``calibration``.
+        backend: how the int8 matmuls run (:data:`lbnl.int8.MATMUL_BACKENDS`; default :func:`int8_backend`);
+            the scores are the same either way.
 
     Scores move: measure the ranking quality before relying on it (docs/results.md).
     """
-    from .int8 import SMOOTHING_ALPHA, activation_ranges, convert_linears
+    from .int8 import MATMUL_BACKENDS, SMOOTHING_ALPHA, activation_ranges, convert_linears
 
     if model.device.type != "cpu":
         raise InvalidInputError("int8 matmuls run on the CPU only (device='cpu')")
@@ -234,9 +252,12 @@ def quantize_int8(model: Any, compiled: bool = True, calibration: Sequence[Seque
         raise InvalidInputError("int8 matmuls need a backbone lbnl's fast path runs (Llama, Mistral, Qwen2, Qwen3)")
     if outliers and not calibration:
         raise InvalidInputError("outlier channels are chosen on calibration prompts: pass calibration")
+    backend = backend or int8_backend()
+    if backend not in MATMUL_BACKENDS:
+        raise InvalidInputError(f"unknown int8 matmul backend {backend!r}; use one of {', '.join(MATMUL_BACKENDS)}")
     ranges = activation_ranges(model.backbone, [list(row) for row in calibration]) if calibration else None
     convert_linears(model.backbone, compiled, ranges=ranges, alpha=SMOOTHING_ALPHA if alpha is None else alpha,
-                    outliers=outliers)
+                    outliers=outliers, backend=backend)
     model.quantized = "int8"
     return model
 

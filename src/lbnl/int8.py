@@ -3,7 +3,9 @@
 Each linear layer's weight is stored once as int8 with one scale per output channel; activations are
 quantized per token (one scale per row, from its largest magnitude) on every call, multiplied with
 ``torch._int_mm`` (int8 x int8 -> int32, oneDNN's VNNI kernels: about 2x a bf16 matmul on an
-AVX512-VNNI CPU without AMX) and scaled back to the model's dtype. The gated MLP quantizes once for its
+AVX512-VNNI CPU without AMX) and scaled back to the model's dtype. On AMX CPUs ``torch._int_mm`` is slower
+than a bf16 matmul, so the matmul can instead go through oneDNN's int8 linear with the weight packed once
+(``backend="onednn"``, :data:`MATMUL_BACKENDS`): the same integer products, delivered as float32. The gated MLP quantizes once for its
 joined gate/up matmul and fuses the dequantization, SiLU product and the down projection's quantization
 into one pass; the query, key and value projections share one quantization of their input.
 
@@ -73,6 +75,21 @@ CALIBRATION: tuple[tuple[str, tuple[str, ...]], ...] = (
         "Whaling ships from Nantucket sailed for years at a time, hunting sperm whales for their oil.",
     )),
 )
+
+
+#: How :class:`Int8Linear` multiplies: ``int_mm`` (``torch._int_mm``, int32 products; oneDNN re-lays the weight
+#: out on every call) or ``onednn`` (``torch.ops.onednn.qlinear_pointwise`` on a weight packed once for this CPU,
+#: float32 products holding the same integers, so both give the same scores; docs/performance.md says where each
+#: is faster).
+MATMUL_BACKENDS = ("int_mm", "onednn")
+
+
+def onednn_available() -> bool:
+    """Whether this torch build has oneDNN's int8 linear (``backend="onednn"``)."""
+    try:
+        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_pointwise")
+    except (AttributeError, RuntimeError):
+        return False
 
 
 # --- elementwise kernels ------------------------------------------------------------------------
@@ -147,6 +164,9 @@ def kernel(name: str, compiled: bool = True) -> Any:
 # --- linear layers ------------------------------------------------------------------------------
 
 
+_NO_ZERO_POINT = torch.zeros(1, dtype=torch.long)
+
+
 @dataclass
 class QuantizedRows:
     """Activations quantized per token, shared by several linear layers reading the same input: int8
@@ -202,12 +222,17 @@ class Int8Linear(nn.Module):
     token, computed per call); int32 accumulation, output in the float dtype of the input."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, compiled: bool = True,
-                 smooth: torch.Tensor | None = None, outliers: torch.Tensor | None = None):
+                 smooth: torch.Tensor | None = None, outliers: torch.Tensor | None = None, backend: str = "int_mm"):
         """``smooth`` (per input channel): the weight's columns are multiplied by it and every input divided
         by it before quantization (SmoothQuant), so channels with outliers spread over both sides.
         ``outliers`` (input channel indices): those columns stay in the weight's float dtype and their
-        inputs are multiplied there, outside the int8 product and its scales."""
+        inputs are multiplied there, outside the int8 product and its scales. ``backend``: one of
+        :data:`MATMUL_BACKENDS`."""
         super().__init__()
+        if backend not in MATMUL_BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(MATMUL_BACKENDS)}, got {backend!r}")
+        if backend == "onednn" and not onednn_available():
+            raise ValueError("backend='onednn' needs a torch built with oneDNN's int8 linear (torch.ops.onednn)")
         dtype = weight.dtype
         weight = weight.detach().float()
         if smooth is not None:
@@ -228,11 +253,15 @@ class Int8Linear(nn.Module):
         self.register_buffer("inverse", inverse)
         self.register_buffer("outlier_index", outliers)
         self.compiled = compiled
+        self.backend = backend
+        # oneDNN's packed copy of ``qweight`` (an opaque layout for this CPU, so not a buffer: rebuilt, never saved)
+        self.packed = torch.ops.onednn.qlinear_prepack(q, None) if backend == "onednn" else None
+        self.unit = torch.ones(self.out_features) if backend == "onednn" else None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, compiled: bool = True, smooth: torch.Tensor | None = None,
-                    outliers: torch.Tensor | None = None) -> "Int8Linear":
-        return cls(linear.weight, linear.bias, compiled, smooth, outliers)
+                    outliers: torch.Tensor | None = None, backend: str = "int_mm") -> "Int8Linear":
+        return cls(linear.weight, linear.bias, compiled, smooth, outliers, backend)
 
     def quantize(self, x: torch.Tensor) -> QuantizedRows:
         """``x`` quantized per token for this layer (smoothed first when the layer has a smoothing; its
@@ -240,8 +269,13 @@ class Int8Linear(nn.Module):
         return quantize_rows(x, self.compiled, self.inverse, self.outlier_index)
 
     def matmul(self, x: QuantizedRows) -> torch.Tensor:
-        """int32 products [tokens, out] of already quantized rows (any leading shape, flattened)."""
-        return torch._int_mm(x.values.reshape(-1, self.in_features), self.qweight.t())
+        """Integer products [tokens, out] of already quantized rows (any leading shape, flattened): int32, or
+        float32 holding the same integers with ``backend="onednn"`` (activation and weight scales of 1)."""
+        values = x.values.reshape(-1, self.in_features)
+        if self.packed is not None:
+            return torch.ops.onednn.qlinear_pointwise(values, 1.0, 0, self.packed, self.unit, _NO_ZERO_POINT, None,
+                                                      1.0, 0, torch.float32, "none", [], "")
+        return torch._int_mm(values, self.qweight.t())
 
     def forward(self, x: torch.Tensor | QuantizedRows) -> torch.Tensor:
         rows = x if isinstance(x, QuantizedRows) else self.quantize(x)
@@ -261,7 +295,7 @@ class Int8Linear(nn.Module):
     def extra_repr(self) -> str:
         kept = 0 if self.outlier_index is None else self.outlier_index.numel()
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"outliers={kept}")
+                f"outliers={kept}, backend={self.backend}")
 
 
 class Int8GatedMLP(nn.Module):
@@ -271,11 +305,12 @@ class Int8GatedMLP(nn.Module):
 
     def __init__(self, gate: nn.Linear, up: nn.Linear, down: nn.Linear, compiled: bool = True,
                  smooth_in: torch.Tensor | None = None, smooth_mid: torch.Tensor | None = None,
-                 outliers_in: torch.Tensor | None = None, outliers_mid: torch.Tensor | None = None):
+                 outliers_in: torch.Tensor | None = None, outliers_mid: torch.Tensor | None = None,
+                 backend: str = "int_mm"):
         super().__init__()
         self.gate_up = Int8Linear(torch.cat([gate.weight.detach(), up.weight.detach()], dim=0), None, compiled,
-                                  smooth_in, outliers_in)
-        self.down_proj = Int8Linear.from_linear(down, compiled, smooth_mid, outliers_mid)
+                                  smooth_in, outliers_in, backend)
+        self.down_proj = Int8Linear.from_linear(down, compiled, smooth_mid, outliers_mid, backend)
         self.register_buffer("mid_inverse", torch.ones(down.in_features) if self.down_proj.inverse is None
                              else self.down_proj.inverse)
         self.compiled = compiled
@@ -363,9 +398,10 @@ def outlier_channels(x_range: torch.Tensor, count: int) -> torch.Tensor:
 
 
 def convert_linears(backbone: nn.Module, compiled: bool = True, ranges: dict[str, torch.Tensor] | None = None,
-                    alpha: float = 0.5, outliers: int = 0) -> int:
+                    alpha: float = 0.5, outliers: int = 0, backend: str = "int_mm") -> int:
     """Replace the attention projections and MLP of every decoder layer of a Llama-family ``backbone`` by
-    int8 ones, in place. Returns how many matmuls were converted.
+    int8 ones, in place. Returns how many matmuls were converted. ``backend``: how they multiply
+    (:data:`MATMUL_BACKENDS`).
 
     With ``ranges`` (:func:`activation_ranges`) and ``outliers`` > 0, each matmul keeps that many input
     channels (those with the largest ranges) out of int8 (:class:`Int8Linear`). With ``ranges`` and no
@@ -398,7 +434,7 @@ def convert_linears(backbone: nn.Module, compiled: bool = True, ranges: dict[str
             s = factors("self_attn", attn, qkv)
             folded = s is not None and _fold(layer.input_layernorm, s) is None
             index = kept("self_attn", qkv[0])  # the three share one input, so one choice of channels
-            made = [Int8Linear.from_linear(getattr(attn, n), compiled, s, index) for n in qkv]
+            made = [Int8Linear.from_linear(getattr(attn, n), compiled, s, index, backend) for n in qkv]
             for name, linear in zip(qkv, made):
                 # one quantization serves all three
                 linear.inverse = None if folded and index is None else made[0].inverse
@@ -407,21 +443,21 @@ def convert_linears(backbone: nn.Module, compiled: bool = True, ranges: dict[str
             converted += 3
         if type(getattr(attn, "o_proj", None)) is nn.Linear:
             attn.o_proj = Int8Linear.from_linear(attn.o_proj, compiled, factors("self_attn", attn, ["o_proj"]),
-                                                 kept("self_attn", "o_proj"))
+                                                 kept("self_attn", "o_proj"), backend)
             converted += 1
         if _gated(mlp):
             s = factors("mlp", mlp, ["gate_proj", "up_proj"])
             folded = s is not None and _fold(layer.post_attention_layernorm, s) is None
             layer.mlp = Int8GatedMLP(mlp.gate_proj, mlp.up_proj, mlp.down_proj, compiled, s,
                                      factors("mlp", mlp, ["down_proj"]), kept("mlp", "gate_proj"),
-                                     kept("mlp", "down_proj"))
+                                     kept("mlp", "down_proj"), backend)
             if folded:
                 layer.mlp.gate_up.inverse = None
             converted += 2
         else:
             for name, child in list(mlp.named_children()):
                 if type(child) is nn.Linear:
-                    setattr(mlp, name, Int8Linear.from_linear(child, compiled, None, kept("mlp", name)))
+                    setattr(mlp, name, Int8Linear.from_linear(child, compiled, None, kept("mlp", name), backend))
                     converted += 1
     return converted
 

@@ -264,36 +264,54 @@ std::vector<torch::Tensor> quantize_rows_bf16(const torch::Tensor& x, const torc
   return {q, scale};
 }
 
+// Products arrive as int32 (torch._int_mm) or as float32 holding the same integers (oneDNN's prepacked int8
+// matmul on AMX): both are read as float, so the two give the same bits.
+inline float product(const int32_t* p, int64_t j) { return static_cast<float>(p[j]); }
+inline float product(const float* p, int64_t j) { return p[j]; }
+#ifdef LBNL_AVX512
+inline __m512 products16(const int32_t* p) { return _mm512_cvtepi32_ps(_mm512_loadu_si512(p)); }
+inline __m512 products16(const float* p) { return _mm512_loadu_ps(p); }
+#endif
+
+void check_products(const torch::Tensor& acc) {
+  TORCH_CHECK((acc.scalar_type() == torch::kInt || acc.scalar_type() == torch::kFloat) && acc.dim() == 2 &&
+              acc.is_contiguous(), "contiguous int32 or float32 products [rows, n]");
+}
+
+template <typename T>
+void dequantize_rows(const T* in, const float* rs, const float* cs, uint16_t* o, int64_t rows, int64_t n) {
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const T* row = in + r * n;
+      uint16_t* orow = o + r * n;
+      const float s = rs[r];
+      for (int64_t j = 0; j < n; ++j) orow[j] = float_to_bf16(product(row, j) * s * cs[j]);
+    }
+  });
+}
+
 torch::Tensor dequantize_bf16(const torch::Tensor& acc, const torch::Tensor& row_scale, const torch::Tensor& col_scale) {
-  TORCH_CHECK(acc.scalar_type() == torch::kInt && acc.dim() == 2 && acc.is_contiguous(), "contiguous int32 [rows, n]");
+  check_products(acc);
   const int64_t rows = acc.size(0), n = acc.size(1);
   TORCH_CHECK(row_scale.numel() == rows && col_scale.numel() == n && row_scale.is_contiguous() &&
               col_scale.is_contiguous(), "one float32 scale per row and per column");
   auto out = torch::empty({rows, n}, acc.options().dtype(torch::kBFloat16));
-  const int32_t* in = acc.data_ptr<int32_t>();
   const float* rs = row_scale.data_ptr<float>();
   const float* cs = col_scale.data_ptr<float>();
   uint16_t* o = reinterpret_cast<uint16_t*>(out.data_ptr());
-  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const int32_t* row = in + r * n;
-      uint16_t* orow = o + r * n;
-      const float s = rs[r];
-      for (int64_t j = 0; j < n; ++j) orow[j] = float_to_bf16(static_cast<float>(row[j]) * s * cs[j]);
-    }
-  });
+  if (acc.scalar_type() == torch::kInt) dequantize_rows(acc.data_ptr<int32_t>(), rs, cs, o, rows, n);
+  else dequantize_rows(acc.data_ptr<float>(), rs, cs, o, rows, n);
   return out;
 }
 
-std::vector<torch::Tensor> silu_mul_quantize_bf16(const torch::Tensor& acc, const torch::Tensor& row_scale,
+template <typename T>
+std::vector<torch::Tensor> silu_mul_quantize_rows(const torch::Tensor& acc, const T* in, const torch::Tensor& row_scale,
                                                   const torch::Tensor& col_scale, const torch::Tensor& inverse) {
-  TORCH_CHECK(acc.scalar_type() == torch::kInt && acc.dim() == 2 && acc.is_contiguous(), "contiguous int32 [rows, 2i]");
   const int64_t rows = acc.size(0), half = acc.size(1) / 2;
   TORCH_CHECK(row_scale.numel() == rows && col_scale.numel() == 2 * half && inverse.numel() == half,
               "scales per row and column, factors per output column");
   auto q = torch::empty({rows, half}, acc.options().dtype(torch::kChar));
   auto scale = torch::empty({rows, 1}, acc.options().dtype(torch::kFloat));
-  const int32_t* in = acc.data_ptr<int32_t>();
   const float* rs = row_scale.data_ptr<float>();
   const float* cs = col_scale.data_ptr<float>();
   const float* inv = inverse.data_ptr<float>();
@@ -302,24 +320,24 @@ std::vector<torch::Tensor> silu_mul_quantize_bf16(const torch::Tensor& acc, cons
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> buf(half);
     for (int64_t r = begin; r < end; ++r) {
-      const int32_t* gate = in + r * 2 * half;
-      const int32_t* up = gate + half;
+      const T* gate = in + r * 2 * half;
+      const T* up = gate + half;
       const float s = rs[r];
       int64_t j = 0;
 #ifdef LBNL_AVX512
       const __m512 vs = _mm512_set1_ps(s), one = _mm512_set1_ps(1.0f);
       for (; j + 16 <= half; j += 16) {
         __m512 g = round_bf16x16(_mm512_mul_ps(_mm512_mul_ps(
-            _mm512_cvtepi32_ps(_mm512_loadu_si512(gate + j)), vs), _mm512_loadu_ps(cs + j)));
+            products16(gate + j), vs), _mm512_loadu_ps(cs + j)));
         __m512 u = round_bf16x16(_mm512_mul_ps(_mm512_mul_ps(
-            _mm512_cvtepi32_ps(_mm512_loadu_si512(up + j)), vs), _mm512_loadu_ps(cs + half + j)));
+            products16(up + j), vs), _mm512_loadu_ps(cs + half + j)));
         __m512 a = round_bf16x16(_mm512_div_ps(g, _mm512_add_ps(one, exp16_any(_mm512_sub_ps(_mm512_setzero_ps(), g)))));
         _mm512_storeu_ps(buf.data() + j, _mm512_mul_ps(round_bf16x16(_mm512_mul_ps(a, u)), _mm512_loadu_ps(inv + j)));
       }
 #endif
       for (; j < half; ++j) {
-        const float g = round_bf16(static_cast<float>(gate[j]) * s * cs[j]);
-        const float u = round_bf16(static_cast<float>(up[j]) * s * cs[half + j]);
+        const float g = round_bf16(product(gate, j) * s * cs[j]);
+        const float u = round_bf16(product(up, j) * s * cs[half + j]);
         const float a = round_bf16(g / (1.0f + exp_scalar(-g)));
         buf[j] = round_bf16(a * u) * inv[j];
       }
@@ -327,6 +345,13 @@ std::vector<torch::Tensor> silu_mul_quantize_bf16(const torch::Tensor& acc, cons
     }
   });
   return {q, scale};
+}
+
+std::vector<torch::Tensor> silu_mul_quantize_bf16(const torch::Tensor& acc, const torch::Tensor& row_scale,
+                                                  const torch::Tensor& col_scale, const torch::Tensor& inverse) {
+  check_products(acc);
+  if (acc.scalar_type() == torch::kInt) return silu_mul_quantize_rows(acc, acc.data_ptr<int32_t>(), row_scale, col_scale, inverse);
+  return silu_mul_quantize_rows(acc, acc.data_ptr<float>(), row_scale, col_scale, inverse);
 }
 
 // ---- elementwise passes of the bf16 decoder layer (lbnl.engine) ----
@@ -490,14 +515,15 @@ def quantize_rows(x: torch.Tensor, inverse: torch.Tensor | None = None) -> tuple
 
 
 def dequantize(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor) -> torch.Tensor:
-    """bf16 ``acc * row_scale[r] * col_scale[c]`` of int32 products [rows, n] (float32 scales)."""
+    """bf16 ``acc * row_scale[r] * col_scale[c]`` of int32 products [rows, n] (or float32 holding the same
+    integers; float32 scales)."""
     return module().dequantize_bf16(acc.contiguous(), row_scale.reshape(-1).contiguous(), col_scale.contiguous())
 
 
 def silu_mul_quantize(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor, inverse: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The int8 gated MLP's middle (:func:`lbnl.int8._silu_mul_quantize` in bf16): int32 gate/up products
-    [rows, 2i] to the down projection's int8 input [rows, i] and its per-row scale [rows, 1]."""
+    """The int8 gated MLP's middle (:func:`lbnl.int8._silu_mul_quantize` in bf16): int32 (or integer float32)
+    gate/up products [rows, 2i] to the down projection's int8 input [rows, i] and its per-row scale [rows, 1]."""
     return tuple(module().silu_mul_quantize_bf16(acc.contiguous(), row_scale.reshape(-1).contiguous(),
                                                  col_scale.contiguous(), inverse.contiguous()))
 

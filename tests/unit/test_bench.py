@@ -98,6 +98,8 @@ def test_path_specs() -> None:
         (16, fastest_weights("cpu", None)[0], "bfloat16") if cpu_has_fast_bf16() else (16, "int8-dynamic", "float32"))
     assert PathSpec.parse("lbnl:int8dyn").quantize == "int8-dynamic"
     assert PathSpec.parse("lbnl:bf16:int8:attn=int8").attention == "int8"
+    assert PathSpec.parse("lbnl:int8:mm=onednn").int8_backend == "onednn"
+    assert "via int_mm" in PathSpec.parse("lbnl:int8:mm=int_mm").describe()
     assert PathSpec.parse("default-bf16").dtype == "bfloat16" and PathSpec.parse("default").dtype == "float32"
     assert PathSpec.parse("reference-bf16").dtype == "bfloat16"
     with pytest.raises(InvalidInputError, match="unknown"):

@@ -1,7 +1,7 @@
 """lbnl.int8: int8 weights and per-token int8 activations in the decoder's matmuls, int8 attention scores.
 
-Against float computations on random inputs and a tiny random Qwen3 model; every test checks that the int8
-kernel (``torch._int_mm``) actually ran. Eager kernels (``compiled=False``) unless a test is about the
+Against float computations on random inputs and a tiny random Qwen3 model; every test checks that an int8
+matmul (``torch._int_mm``, or oneDNN's int8 linear where that backend is in use) actually ran. Eager kernels (``compiled=False``) unless a test is about the
 compiled ones; nothing here is timed."""
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from lbnl.engine import decode
 
 
 @pytest.fixture
-def int_mm_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
-    """Shapes of every ``torch._int_mm`` call made while the test runs."""
+def int8_matmuls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """``(rows, in, out)`` of every int8 matmul made while the test runs, through either backend."""
     calls: list[tuple[int, ...]] = []
     real = torch._int_mm
 
@@ -31,7 +31,20 @@ def int_mm_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
         return real(a, b)
 
     monkeypatch.setattr(torch, "_int_mm", counting)
+    if int8.onednn_available():
+        packed_linear = torch.ops.onednn.qlinear_pointwise
+
+        def counting_onednn(x: torch.Tensor, *args: object) -> torch.Tensor:
+            assert x.dtype == torch.int8
+            out = packed_linear(x, *args)
+            calls.append((*x.shape, out.shape[-1]))
+            return out
+
+        monkeypatch.setattr(torch.ops.onednn, "qlinear_pointwise", counting_onednn)
     return calls
+
+
+onednn = pytest.mark.skipif(not int8.onednn_available(), reason="this torch has no oneDNN int8 linear")
 
 
 def test_weights_per_output_channel() -> None:
@@ -43,7 +56,7 @@ def test_weights_per_output_channel() -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_linear_matches_float(dtype: torch.dtype, int_mm_calls: list) -> None:
+def test_linear_matches_float(dtype: torch.dtype, int8_matmuls: list) -> None:
     g = torch.Generator().manual_seed(0)
     linear = nn.Linear(64, 48, bias=True)
     x = torch.randn(3, 5, 64, generator=g).to(dtype)
@@ -53,20 +66,20 @@ def test_linear_matches_float(dtype: torch.dtype, int_mm_calls: list) -> None:
     layer = int8.Int8Linear.from_linear(linear, compiled=False)
     out = layer(x)
     assert out.dtype == dtype and out.shape == (3, 5, 48)
-    assert int_mm_calls == [(15, 64, 48)]
+    assert int8_matmuls == [(15, 64, 48)]
     err = (out.float() - ref).abs().amax(-1) / ref.abs().amax(-1)
     assert float(err.max()) < 0.03
 
 
-def test_shared_quantization_and_token_selection(int_mm_calls: list) -> None:
+def test_shared_quantization_and_token_selection(int8_matmuls: list) -> None:
     x = torch.randn(1, 7, 16)
     a, b = (int8.Int8Linear(torch.randn(n, 16), compiled=False) for n in (8, 4))
     rows = int8.quantize_rows(x, compiled=False)
     assert torch.equal(a(rows), a(x)) and torch.equal(b(rows[:, [2, 6]]), b(x[:, [2, 6]]))
-    assert len(int_mm_calls) == 4
+    assert len(int8_matmuls) == 4
 
 
-def test_gated_mlp_matches_float(int_mm_calls: list) -> None:
+def test_gated_mlp_matches_float(int8_matmuls: list) -> None:
     from transformers import Qwen3Config
     from transformers.models.qwen3.modeling_qwen3 import Qwen3MLP
 
@@ -75,12 +88,12 @@ def test_gated_mlp_matches_float(int_mm_calls: list) -> None:
     with torch.no_grad():
         ref = mlp(x)
     out = int8.Int8GatedMLP(mlp.gate_proj, mlp.up_proj, mlp.down_proj, compiled=False)(x)
-    assert [c[1:] for c in int_mm_calls] == [(32, 160), (80, 32)]  # joined gate/up, then down
+    assert [c[1:] for c in int8_matmuls] == [(32, 160), (80, 32)]  # joined gate/up, then down
     assert float((out - ref).abs().max() / ref.abs().max()) < 0.05
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # bf16: the native SiLU product where built
-def test_gated_mlp_with_outlier_channels_matches_float(dtype: torch.dtype, int_mm_calls: list) -> None:
+def test_gated_mlp_with_outlier_channels_matches_float(dtype: torch.dtype, int8_matmuls: list) -> None:
     from transformers import Qwen3Config
     from transformers.models.qwen3.modeling_qwen3 import Qwen3MLP
 
@@ -97,7 +110,7 @@ def test_gated_mlp_with_outlier_channels_matches_float(dtype: torch.dtype, int_m
     plain = int8.Int8GatedMLP(mlp.gate_proj, mlp.up_proj, mlp.down_proj, compiled=False)
     error = lambda y: float((y.float() - ref).abs().max() / ref.abs().max())  # noqa: E731
     out = kept(x)
-    assert out.dtype == dtype and [c[1:] for c in int_mm_calls[:2]] == [(32, 160), (80, 32)]
+    assert out.dtype == dtype and [c[1:] for c in int8_matmuls[:2]] == [(32, 160), (80, 32)]
     assert error(out) < 0.05 and error(out) < error(plain(x))
 
 
@@ -114,7 +127,7 @@ def test_smoothing_keeps_the_function() -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_outlier_channels_stay_out_of_int8(dtype: torch.dtype, int_mm_calls: list) -> None:
+def test_outlier_channels_stay_out_of_int8(dtype: torch.dtype, int8_matmuls: list) -> None:
     linear = nn.Linear(32, 8, bias=True).to(dtype)
     x = torch.randn(20, 32).to(dtype)
     x[:, [3, 17]] *= 300  # two loud channels set every token's scale in plain int8
@@ -130,12 +143,12 @@ def test_outlier_channels_stay_out_of_int8(dtype: torch.dtype, int_mm_calls: lis
     assert (rows.values[:, kept] == 0).all()
     error = lambda y: float((y.float() - ref).abs().max())  # noqa: E731
     assert error(layer(x)) < 0.25 * error(plain(x))
-    assert len(int_mm_calls) == 2  # the rest still went through the int8 kernel
+    assert len(int8_matmuls) == 2  # the rest still went through the int8 kernel
     with pytest.raises(AssertionError, match="outlier"):
         layer(int8.quantize_rows(x, compiled=False))  # rows made without the outlier channels
 
 
-def test_outlier_channels_in_the_decoder(tiny_checkpoint: Path, int_mm_calls: list) -> None:
+def test_outlier_channels_in_the_decoder(tiny_checkpoint: Path, int8_matmuls: list) -> None:
     from lbnl.checkpoints import load_tokenizer
     from lbnl.errors import InvalidInputError
     from lbnl.hardware import quantize_int8, quantize_model
@@ -158,7 +171,7 @@ def test_outlier_channels_in_the_decoder(tiny_checkpoint: Path, int_mm_calls: li
     assert isinstance(int8.shared_input(attn, torch.randn(3, attn.q_proj.in_features).bfloat16()), int8.QuantizedRows)
     with torch.inference_mode():
         out, _, _ = decode(kept.backbone, rows[:1], attention="chunked")
-    assert len(int_mm_calls) == 6 * len(kept.backbone.layers)
+    assert len(int8_matmuls) == 6 * len(kept.backbone.layers)
     assert float(torch.nn.functional.cosine_similarity(out.float(), ref.float(), dim=-1).min()) > 0.99
 
 
@@ -176,7 +189,7 @@ def _model(tiny_checkpoint: Path, dtype: torch.dtype):
 
 
 @pytest.mark.parametrize("smooth", [False, True])
-def test_converted_decoder_matches_float(tiny_checkpoint: Path, int_mm_calls: list, smooth: bool) -> None:
+def test_converted_decoder_matches_float(tiny_checkpoint: Path, int8_matmuls: list, smooth: bool) -> None:
     model = _model(tiny_checkpoint, torch.float32)
     rows = [[int(t) for t in torch.randint(10, 1000, (60,), generator=torch.Generator().manual_seed(n))]
             for n in range(2)]
@@ -191,7 +204,7 @@ def test_converted_decoder_matches_float(tiny_checkpoint: Path, int_mm_calls: li
     with torch.inference_mode():
         out, _, _ = decode(converted.backbone, rows, attention="chunked")
     # per layer: q, k and v share one quantized input, then o, gate/up and down: 6 int8 matmuls
-    assert len(int_mm_calls) == 6 * layers
+    assert len(int8_matmuls) == 6 * layers
     cos = torch.nn.functional.cosine_similarity(out, ref, dim=-1)
     assert float(cos.min()) > 0.99
 
@@ -199,14 +212,14 @@ def test_converted_decoder_matches_float(tiny_checkpoint: Path, int_mm_calls: li
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # bf16: the native path where it is built
 @pytest.mark.parametrize("n,start,heads,kv_heads", [(40, 0, 4, 2), (30, 13, 6, 2), (1, 9, 4, 4)])
 def test_int8_attention_matches_float(n: int, start: int, heads: int, kv_heads: int, dtype: torch.dtype,
-                                      int_mm_calls: list) -> None:
+                                      int8_matmuls: list) -> None:
     g = torch.Generator().manual_seed(n)
     q = torch.randn(n, heads, 16, generator=g)
     k = torch.randn(kv_heads, start + n, 16, generator=g) + 3.0  # a shared offset: the key mean takes it out
     v = torch.randn(kv_heads, start + n, 16, generator=g)
     ref = causal_attention_chunked(q, k, v, 0.25)
     out = int8.causal_attention_int8(q.to(dtype), k.to(dtype), v.to(dtype), 0.25, compiled=False)
-    assert out.shape == ref.shape and out.dtype == dtype and len(int_mm_calls) == kv_heads
+    assert out.shape == ref.shape and out.dtype == dtype and len(int8_matmuls) == kv_heads
     assert float((out.float() - ref).abs().max()) < (0.05 if dtype == torch.float32 else 0.07)
 
 
@@ -263,7 +276,7 @@ def test_calibration_prompts_are_real_rerank_prompts(tiny_checkpoint: Path) -> N
         assert row.count(embed) == len(docs) and row.count(rerank) == 1
 
 
-def test_calibration_changes_only_the_smoothing(tiny_checkpoint: Path, int_mm_calls: list) -> None:
+def test_calibration_changes_only_the_smoothing(tiny_checkpoint: Path, int8_matmuls: list) -> None:
     from lbnl.checkpoints import load_tokenizer
     from lbnl.hardware import quantize_int8
 
@@ -278,7 +291,7 @@ def test_calibration_changes_only_the_smoothing(tiny_checkpoint: Path, int_mm_ca
     with torch.inference_mode():
         a, _, _ = decode(plain.backbone, rows[:1], attention="chunked")
         b, _, _ = decode(smooth.backbone, rows[:1], attention="chunked")
-    assert int_mm_calls and float(torch.nn.functional.cosine_similarity(a, b, dim=-1).min()) > 0.99
+    assert int8_matmuls and float(torch.nn.functional.cosine_similarity(a, b, dim=-1).min()) > 0.99
 
 
 def test_fastest_picks_int8_only_when_enabled(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -299,3 +312,56 @@ def test_fastest_picks_int8_only_when_enabled(monkeypatch: pytest.MonkeyPatch) -
     assert hardware.fastest_weights("cpu", None) == (None, "bfloat16")
     monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: False)
     assert hardware.fastest_weights("cpu", None) == ("int8-dynamic", None)
+
+
+@onednn
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_onednn_backend_gives_the_same_bits(dtype: torch.dtype, int8_matmuls: list) -> None:
+    from transformers import Qwen3Config
+    from transformers.models.qwen3.modeling_qwen3 import Qwen3MLP
+
+    g = torch.Generator().manual_seed(4)
+    x = (torch.randn(2, 9, 64, generator=g) * 3).to(dtype)
+    x[1, 3] *= 60
+    w = torch.randn(48, 64, generator=g).to(dtype)
+    for outliers in (None, torch.tensor([2, 7, 40])):
+        a = int8.Int8Linear(w, compiled=False, outliers=outliers)
+        b = int8.Int8Linear(w, compiled=False, outliers=outliers, backend="onednn")
+        assert b.matmul(b.quantize(x)).dtype == torch.float32 and "backend=onednn" in repr(b)
+        assert torch.equal(a(x), b(x))
+    mlp = Qwen3MLP(Qwen3Config(hidden_size=64, intermediate_size=80, hidden_act="silu")).to(dtype)
+    plain, packed = (int8.Int8GatedMLP(mlp.gate_proj, mlp.up_proj, mlp.down_proj, compiled=False, backend=name)
+                     for name in int8.MATMUL_BACKENDS)
+    assert torch.equal(plain(x), packed(x))  # the fused middle reads float32 products as it reads int32 ones
+    assert (18, 64, 48) in int8_matmuls and (18, 64, 160) in int8_matmuls and (18, 80, 64) in int8_matmuls
+    big = int8.Int8Linear(torch.ones(4, 4096), compiled=False, backend="onednn")  # sums beyond 2**24 stay exact
+    rows = big.quantize(torch.ones(2, 4096))
+    assert torch.equal(big.matmul(rows), torch.full((2, 4), 127.0 * 127 * 4096))
+    with pytest.raises(ValueError, match="backend"):
+        int8.Int8Linear(w, backend="fbgemm")
+
+
+@onednn
+def test_quantize_int8_uses_onednn_on_amx_with_the_same_scores(tiny_checkpoint: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from lbnl import Reranker, hardware
+    from lbnl.errors import InvalidInputError
+
+    docs = [f"green tea study number {i} about catechins and cholesterol" for i in range(6)]
+    scores = {}
+    for amx, backend in ((False, "int_mm"), (True, "onednn")):
+        monkeypatch.setattr(hardware, "cpu_has_amx", lambda amx=amx: amx)
+        assert hardware.int8_backend() == backend
+        ran = []
+        real = torch._int_mm if backend == "int_mm" else torch.ops.onednn.qlinear_pointwise
+        spy = lambda *args, real=real: ran.append(1) or real(*args)  # noqa: E731
+        monkeypatch.setattr(*(torch, "_int_mm") if backend == "int_mm" else (torch.ops.onednn, "qlinear_pointwise"), spy)
+        w8a8 = Reranker.from_pretrained(tiny_checkpoint, device="cpu", quantize="int8", fusion=None)
+        assert w8a8.model.backbone.layers[0].mlp.down_proj.backend == backend
+        scores[backend] = [r.relevance_score for r in sorted(w8a8.rerank("green tea", docs), key=lambda r: r.index)]
+        assert ran, f"no {backend} matmul ran"
+    assert scores["int_mm"] == scores["onednn"]
+    monkeypatch.setattr(hardware, "INT8_ONEDNN_ON_AMX", False)
+    assert hardware.int8_backend() == "int_mm"
+    with pytest.raises(InvalidInputError, match="backend"):
+        hardware.quantize_int8(_model(tiny_checkpoint, torch.float32), backend="fbgemm")

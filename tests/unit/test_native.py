@@ -55,6 +55,10 @@ def test_int8_helpers_match_torch() -> None:
     q, scale = native.silu_mul_quantize(acc, rs, cs, ones)
     ref_q, ref_scale = int8._silu_mul_quantize(acc, rs, cs, ones, torch.bfloat16)
     assert torch.allclose(scale, ref_scale, rtol=1e-6) and int((q.int() - ref_q.int()).abs().max()) <= 1
+    # oneDNN's int8 linear hands over the same integers as float32: the same bits come out
+    assert torch.equal(native.dequantize(acc.float(), rs, cs), native.dequantize(acc, rs, cs))
+    q32, scale32 = native.silu_mul_quantize(acc.float(), rs, cs, ones)
+    assert torch.equal(q32, q) and torch.equal(scale32, scale)
 
 
 def test_rms_norm_and_silu_product_match_the_engine() -> None:

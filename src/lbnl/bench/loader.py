@@ -172,7 +172,7 @@ class Loader:
             return ("reference", spec.dtype)
         if spec.kind == "peer":
             return ("peer", spec.peer, spec.variant)
-        return ("lbnl", spec.dtype, spec.quantize, spec.compile)
+        return ("lbnl", spec.dtype, spec.quantize, spec.int8_backend, spec.compile)
 
     def _load(self, key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
         from ..hardware import release_memory
@@ -211,7 +211,7 @@ class Loader:
 
         model, tokenizer = load_checkpoint(self.path, dtype=dtype, device="cpu")
         materialize(model)
-        quantize_model(model, spec.quantize, tokenizer)
+        quantize_model(model, spec.quantize, tokenizer, spec.int8_backend)
         if spec.compile:
             model.compile_kernels()
         return model, tokenizer

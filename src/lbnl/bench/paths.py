@@ -11,7 +11,8 @@
 - custom: ``lbnl:opt:opt...`` with options ``block=N``, ``int8`` (the decoder's matmuls in int8,
   :mod:`lbnl.int8`, with outlier channels), ``int8plain`` (the same without), ``int8dyn`` (torch.ao
   dynamic quantization, float32), ``bf16``, ``hf``, ``pointwise``,
-  ``compile`` (``torch.compile`` of the fast path's norms and SiLU product), ``attn=sdpa``,
+  ``compile`` (``torch.compile`` of the fast path's norms and SiLU product), ``mm=int_mm`` or
+  ``mm=onednn`` (how int8 matmuls run, :data:`lbnl.int8.MATMUL_BACKENDS`; default: what this CPU uses), ``attn=sdpa``,
   ``attn=chunked`` or ``attn=int8`` (the fast path's attention kernel; default: what ``auto`` picks on
   this machine).
 - peers, other runtimes on the same backbone forward (:mod:`lbnl.bench.peers`): ``openvino:bf16``,
@@ -55,6 +56,8 @@ class PathSpec:
     pointwise: bool = False
     compile: bool = False
     attention: str = "auto"
+    #: The int8 matmul backend (``None``: :func:`lbnl.hardware.int8_backend`).
+    int8_backend: str | None = None
     #: A peer runtime (``openvino``, ``onnxruntime``, ``llamacpp``) and its variant, for ``kind == "peer"``.
     peer: str | None = None
     variant: str | None = None
@@ -92,6 +95,8 @@ class PathSpec:
                 path.pointwise, path.block_size = True, 1
             elif key == "compile" and kind == "lbnl":
                 path.compile = True
+            elif key == "mm" and kind == "lbnl" and value in ("int_mm", "onednn"):
+                path.int8_backend = value
             elif key == "attn" and kind == "lbnl" and value in ("sdpa", "chunked", "int8"):
                 path.attention = value
             elif key == "block" and kind == "lbnl" and value.isdigit() and int(value) > 0:
@@ -115,6 +120,7 @@ class PathSpec:
                    "int8-dynamic": "int8 dynamic (torch.ao)"}.get(
             self.quantize, self.quantize)] if self.quantize else []
         parts += ["transformers forward"] if not self.fast_forward else []
+        parts += [f"int8 matmuls via {self.int8_backend}"] if self.int8_backend else []
         parts += ["torch.compile"] if self.compile else []
         parts += [f"{self.attention} attention"] if self.attention != "auto" else []
         return "lbnl, " + ", ".join(parts)
