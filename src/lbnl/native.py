@@ -426,6 +426,71 @@ torch::Tensor silu_mul_bf16(const torch::Tensor& gate_up) {
   return out;
 }
 
+torch::Tensor norm_rotate_bf16(const torch::Tensor& x, const torch::Tensor& weight, double eps, const torch::Tensor& cos,
+                               const torch::Tensor& signed_sin) {
+  // x [tokens, heads, d]: each head's RMSNorm (when weight has d entries) then the rotate-half rotary
+  // embedding, rounded as lbnl.engine rounds them (norm as rms_norm_bf16; x * cos, then + swapped * signed_sin).
+  TORCH_CHECK(x.scalar_type() == torch::kBFloat16 && cos.scalar_type() == torch::kBFloat16 &&
+              signed_sin.scalar_type() == torch::kBFloat16, "bf16 only");
+  TORCH_CHECK(x.dim() == 3 && x.is_contiguous() && cos.is_contiguous() && signed_sin.is_contiguous(),
+              "contiguous [tokens, heads, d]");
+  const int64_t tokens = x.size(0), heads = x.size(1), d = x.size(2), half = d / 2;
+  TORCH_CHECK(d % 2 == 0 && cos.numel() == tokens * d && signed_sin.numel() == tokens * d, "cos and sin of [tokens, d]");
+  const bool norm = weight.numel() > 0;
+  TORCH_CHECK(!norm || (weight.scalar_type() == torch::kBFloat16 && weight.numel() == d && weight.is_contiguous()),
+              "a bf16 weight of d");
+  auto out = torch::empty_like(x);
+  const uint16_t* in = reinterpret_cast<const uint16_t*>(x.data_ptr());
+  const uint16_t* w = norm ? reinterpret_cast<const uint16_t*>(weight.data_ptr()) : nullptr;
+  const uint16_t* c = reinterpret_cast<const uint16_t*>(cos.data_ptr());
+  const uint16_t* sn = reinterpret_cast<const uint16_t*>(signed_sin.data_ptr());
+  uint16_t* o = reinterpret_cast<uint16_t*>(out.data_ptr());
+  const float feps = static_cast<float>(eps);
+  at::parallel_for(0, tokens * heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> buf(d);
+    for (int64_t r = begin; r < end; ++r) {
+      const uint16_t* row = in + r * d;
+      const uint16_t* cr = c + (r / heads) * d;
+      const uint16_t* sr = sn + (r / heads) * d;
+      uint16_t* orow = o + r * d;
+      if (norm) {
+        float sum = 0.0f;
+        int64_t j = 0;
+#ifdef LBNL_AVX512
+        __m512 acc = _mm512_setzero_ps();
+        for (; j + 16 <= d; j += 16) {
+          __m512 v = load_bf16x16(row + j);
+          acc = _mm512_fmadd_ps(v, v, acc);
+        }
+        sum = _mm512_reduce_add_ps(acc);
+#endif
+        for (; j < d; ++j) { const float v = bf16_to_float(row[j]); sum += v * v; }
+        const float inv = 1.0f / std::sqrt(sum / static_cast<float>(d) + feps);
+        for (j = 0; j < d; ++j) buf[j] = round_bf16(round_bf16(bf16_to_float(row[j]) * inv) * bf16_to_float(w[j]));
+      } else {
+        for (int64_t j = 0; j < d; ++j) buf[j] = bf16_to_float(row[j]);
+      }
+      int64_t j = 0;
+#ifdef LBNL_AVX512
+      if (half % 16 == 0) {
+        for (; j + 16 <= d; j += 16) {
+          const int64_t k = j < half ? j + half : j - half;
+          __m512 a = round_bf16x16(_mm512_mul_ps(_mm512_loadu_ps(buf.data() + j), load_bf16x16(cr + j)));
+          __m512 t = _mm512_mul_ps(_mm512_loadu_ps(buf.data() + k), load_bf16x16(sr + j));
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(orow + j), to_bf16x16(_mm512_add_ps(a, t)));
+        }
+      }
+#endif
+      for (; j < d; ++j) {
+        const float a = round_bf16(buf[j] * bf16_to_float(cr[j]));
+        const float t = buf[j < half ? j + half : j - half] * bf16_to_float(sr[j]);
+        orow[j] = float_to_bf16(a + t);
+      }
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -436,6 +501,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("silu_mul_quantize_bf16", &silu_mul_quantize_bf16);
   m.def("rms_norm_bf16", &rms_norm_bf16);
   m.def("silu_mul_bf16", &silu_mul_bf16);
+  m.def("norm_rotate_bf16", &norm_rotate_bf16);
 }
 """
 
@@ -532,6 +598,17 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """The RMSNorm of Llama-family models on bf16 ``x`` [..., d] with a bf16 ``weight``, as
     :func:`lbnl.engine._rms` computes it (normalised in float32, rounded, times the weight, rounded)."""
     return module().rms_norm_bf16(x.reshape(-1, x.shape[-1]), weight, eps).view(x.shape)
+
+
+def norm_rotate(x: torch.Tensor, weight: torch.Tensor | None, eps: float, cos: torch.Tensor,
+                signed_sin: torch.Tensor) -> torch.Tensor:
+    """Query or key heads made ready for attention in one pass: bf16 ``x`` [tokens, heads, d], each head
+    RMS-normed with ``weight`` (Qwen3's per-head norm; ``None``: no norm), then rotated by the rotary
+    embedding's ``cos`` and ``signed_sin`` [tokens, d] (the rotate-half form), each step rounded as
+    :func:`lbnl.engine._norm` and :func:`lbnl.engine._rotate` round it."""
+    empty = x.new_empty(0)
+    return module().norm_rotate_bf16(x, empty if weight is None else weight, eps, cos.reshape(x.shape[0], -1),
+                                     signed_sin.reshape(x.shape[0], -1))
 
 
 def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:

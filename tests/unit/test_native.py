@@ -72,3 +72,41 @@ def test_rms_norm_and_silu_product_match_the_engine() -> None:
     assert (out != ref).float().mean() < 0.01  # float32 sums in another order: rarely one rounding step
     gate_up = (torch.randn(5, 7, 2 * 24, generator=g) * 2).bfloat16()
     assert torch.equal(native.silu_mul(gate_up), _silu_mul(gate_up.clone()))
+
+
+def test_norm_and_rotation_in_one_pass_match_the_engine() -> None:
+    from lbnl.engine import _rotate, _signed_sin
+
+    g = torch.Generator().manual_seed(5)
+    for tokens, heads, d in ((37, 16, 128), (9, 2, 40)):  # 40: halves of 20, off the 16-wide vector path
+        x = (torch.randn(tokens, heads, d, generator=g) * 3).bfloat16()
+        weight = (torch.rand(d, generator=g) + 0.5).bfloat16()
+        angles = torch.randn(tokens, d // 2, generator=g) * 5
+        emb = torch.cat([angles, angles], dim=-1)
+        cos, sin = emb.cos().bfloat16(), _signed_sin(emb.sin().bfloat16())
+        normed = _rotate(native.rms_norm(x, weight, 1e-6)[None], cos[None], sin[None])[0]
+        assert torch.equal(native.norm_rotate(x, weight, 1e-6, cos, sin), normed)
+        assert torch.equal(native.norm_rotate(x, None, 0.0, cos, sin), _rotate(x[None], cos[None], sin[None])[0])
+
+
+def test_the_bf16_decoder_rotates_heads_in_one_pass(tiny_checkpoint, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lbnl.checkpoints import load_checkpoint
+    from lbnl.engine import _rotate, decode
+
+    model, _ = load_checkpoint(tiny_checkpoint, dtype=torch.bfloat16, device="cpu")
+    rows = [[int(t) for t in torch.randint(10, 1000, (50,), generator=torch.Generator().manual_seed(6))]]
+    calls = []
+    real = native.norm_rotate
+    monkeypatch.setattr(native, "norm_rotate", lambda *a: calls.append(a[0].shape) or real(*a))
+    with torch.inference_mode():
+        fused, _, _ = decode(model.backbone, rows)
+    assert len(calls) == 2 * len(model.backbone.layers)  # queries and keys of every layer
+
+    def two_passes(x, weight, eps, cos, sin):
+        normed = x if weight is None else native.rms_norm(x, weight, eps)
+        return _rotate(normed[None], cos[None], sin[None])[0]
+
+    monkeypatch.setattr(native, "norm_rotate", two_passes)
+    with torch.inference_mode():
+        separate, _, _ = decode(model.backbone, rows)
+    assert torch.equal(fused, separate)
