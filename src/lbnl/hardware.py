@@ -137,7 +137,8 @@ QUANTIZATIONS = {
 
 #: Whether ``fastest`` picks :mod:`lbnl.int8` on CPUs with VNNI and AVX512-BF16 but no AMX. On since its outlier
 #: channels lost at most 0.004 nDCG@10 against bf16 on SciFact and two held-out sets (docs/results.md, "int8
-#: with outlier channels"); AMX CPUs keep bf16, where int8 was not measured.
+#: with outlier channels"); AMX CPUs keep bf16, which multiplies fast enough there that int8 was no faster
+#: (docs/results.md, "Speed: Intel Xeon with AMX").
 FASTEST_USES_INT8 = True
 
 #: ``Reranker.from_pretrained(..., preset=name)``. Only ``default`` reproduces the official scores;

@@ -200,3 +200,26 @@ def test_unknown_peer_on_the_command_line_is_an_error(tiny_checkpoint: Path) -> 
     proc = subprocess.run([sys.executable, "-m", "lbnl", "bench", "--model", str(tiny_checkpoint), "--peers",
                            "tensorrt"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "unknown peer 'tensorrt'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_peer_that_crashes_natively_is_skipped_not_fatal(tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path) -> None:
+    """llama.cpp runs a trial forward in a child process first; a child killed by a signal skips the peer."""
+    import lbnl.bench.peers.llamacpp as llama_peer
+
+    opened = []
+    crashing = tmp_path / "python"
+    crashing.write_text("#!/bin/sh\nkill -SEGV $$\n")
+    crashing.chmod(0o755)
+    monkeypatch.setattr(peers, "unavailable", lambda family: None)
+    monkeypatch.setattr(llama_peer, "open_backend", lambda *args: opened.append(args))
+    monkeypatch.setattr(peers.sys, "executable", str(crashing))
+    with pytest.raises(PeerUnavailable, match=r"llamacpp:q8_0 crashed \(SIGSEGV\) in a 32-token trial forward"):
+        peers.open_backend("llamacpp", "q8_0", tiny_checkpoint, tmp_path, 1)
+    assert not opened  # never opened in this process
+    calm = tmp_path / "calm"
+    calm.write_text("#!/bin/sh\nexit 1\n")  # a Python error in the child: left for the in-process open to report
+    calm.chmod(0o755)
+    monkeypatch.setattr(peers.sys, "executable", str(calm))
+    peers.open_backend("llamacpp", "q8_0", tiny_checkpoint, tmp_path, 1)
+    assert len(opened) == 1

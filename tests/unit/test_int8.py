@@ -303,7 +303,7 @@ def test_fastest_picks_int8_only_when_enabled(monkeypatch: pytest.MonkeyPatch) -
     assert hardware.FASTEST_USES_INT8
     assert hardware.fastest_weights("cpu", None) == ("int8", "bfloat16")
     monkeypatch.setattr(hardware, "cpu_has_amx", lambda: True)
-    assert hardware.fastest_weights("cpu", None) == (None, "bfloat16")   # AMX: bf16 (int8 not measured there)
+    assert hardware.fastest_weights("cpu", None) == (None, "bfloat16")   # AMX: bf16 (int8 no faster there)
     monkeypatch.setattr(hardware, "cpu_has_amx", lambda: False)
     monkeypatch.setattr(hardware, "FASTEST_USES_INT8", False)
     assert hardware.fastest_weights("cpu", None) == (None, "bfloat16")

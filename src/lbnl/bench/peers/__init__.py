@@ -14,7 +14,8 @@ last norm) at the positions lbnl reads, the embed and rerank tokens; the bench a
 projector and the spec's merge to them, so a peer scores documents too. Exports are cached under the
 bench cache (``$LBNL_CACHE/bench/peers``), keyed by the checkpoint's fingerprint (shape, config, weights)
 and the export version. A peer whose package is missing, or whose export fails, is skipped with the
-reason (:class:`PeerUnavailable`); the packages are the optional extras ``bench-peers`` (OpenVINO, ONNX
+reason (:class:`PeerUnavailable`), and so is a llama.cpp build that crashes the process (a native fault): it
+first runs a short trial forward in a child process (:func:`trial`). The packages are the optional extras ``bench-peers`` (OpenVINO, ONNX
 Runtime) and ``bench-llamacpp`` (llama-cpp-python, compiled from source by pip).
 
 Light at import: a peer's runtime loads when the peer is opened.
@@ -24,6 +25,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -51,7 +55,13 @@ INSTALL: dict[str, str] = {
 VARIANT_DTYPE = {"bf16": "bfloat16", "f32": "float32", "int8": "float32", "q8_0": "float32"}
 
 __all__ = ["INSTALL", "PACKAGES", "PEERS", "Backend", "PeerModel", "PeerUnavailable", "expand_peers",
-           "missing_packages", "open_backend", "parse_peer", "unavailable"]
+           "missing_packages", "open_backend", "parse_peer", "trial", "unavailable"]
+
+#: Token ids of the trial forward a peer runs in a child process before it is opened in the bench's own.
+TRIAL_IDS = tuple(range(10, 42))
+#: Families given that trial: llama.cpp is compiled here with this CPU's native flags, and one build faulted
+#: (SIGSEGV in its q8_0 path on an AMX CPU); the others are binary wheels that raise Python errors.
+TRIAL_IN_CHILD = frozenset({"llamacpp"})
 
 
 def parse_peer(text: str) -> tuple[str, str]:
@@ -116,6 +126,9 @@ def open_backend(family: str, variant: str, checkpoint: Path, cache: Path, threa
     reason = unavailable(family)
     if reason is not None:
         raise PeerUnavailable(reason)
+    crashed = _trial_in_child(family, variant, checkpoint, cache, threads) if family in TRIAL_IN_CHILD else None
+    if crashed is not None:
+        raise PeerUnavailable(crashed)
     try:
         module = importlib.import_module(f"{__name__}.{family}")
         return module.open_backend(variant, checkpoint, cache, threads, log)
@@ -127,3 +140,31 @@ def open_backend(family: str, variant: str, checkpoint: Path, cache: Path, threa
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
         raise PeerUnavailable(f"{family}:{variant} failed to export or load: {type(exc).__name__}: "
                               f"{detail[:300]}") from exc
+
+
+def trial(family: str, variant: str, checkpoint: str, cache: str, threads: int) -> None:
+    """Export (or reuse) and open a peer, then run one forward of :data:`TRIAL_IDS`: what
+    :func:`open_backend` runs in a child process first for :data:`TRIAL_IN_CHILD`, so that a runtime that
+    faults natively takes down that child, not the bench."""
+    module = importlib.import_module(f"{__name__}.{family}")
+    backend = module.open_backend(variant, Path(checkpoint), Path(cache), threads, lambda message: None)
+    backend.hidden(list(TRIAL_IDS), [len(TRIAL_IDS) - 1])
+
+
+def _trial_in_child(family: str, variant: str, checkpoint: Path, cache: Path, threads: int) -> str | None:
+    """Why the peer cannot run here if its trial forward killed the child process by a signal, else ``None`` (a
+    Python error in the child is left for the in-process open to report with its message)."""
+    code = (f"from lbnl.bench.peers import trial; trial({family!r}, {variant!r}, {str(checkpoint)!r}, "
+            f"{str(cache)!r}, {int(threads)})")
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=3600)
+    except subprocess.TimeoutExpired:
+        return f"{family}:{variant} did not finish a {len(TRIAL_IDS)}-token trial forward in an hour"
+    if done.returncode >= 0:
+        return None
+    try:
+        name = signal.Signals(-done.returncode).name
+    except ValueError:
+        name = f"signal {-done.returncode}"
+    return (f"{family}:{variant} crashed ({name}) in a {len(TRIAL_IDS)}-token trial forward in a child process: "
+            f"a fault inside the runtime on this machine")
