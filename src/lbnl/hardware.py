@@ -129,7 +129,8 @@ QUANTIZATIONS = {
     "int8": "int8 weights (per output channel) and int8 activations (per token) in the decoder's matmuls, "
             "int32 accumulation, except each matmul's 16 outlier input channels (calibrated on built-in rerank "
             "prompts), and attention's query-key products where heads are 128 wide or more (CPUs without AMX), "
-            "everything else in the model's float dtype (lbnl.int8); fast on CPUs with VNNI",
+            "everything else in the model's float dtype (lbnl.int8); fast on CPUs with VNNI and no AMX (on AMX "
+            "CPUs about as fast as bf16)",
     "int8-plain": "int8 as above with no outlier channels: a little faster, scores move about twice as much",
     "int8-dynamic": "torch.ao dynamic quantization of a float32 model's linear layers (fbgemm: int8 weights, "
                     "activations quantized per tensor per call)",
