@@ -242,7 +242,7 @@ def quantize_int8(model: Any, compiled: bool = True, calibration: Sequence[Seque
         outliers: input channels per matmul kept out of int8 and multiplied in the float dtype
             (``quantize="int8"`` keeps :data:`lbnl.int8.OUTLIER_CHANNELS`); needs ``calibration``.
         backend: how the int8 matmuls run (:data:`lbnl.int8.MATMUL_BACKENDS`; default :func:`int8_backend`);
-            the scores are the same either way.
+            the scores are the same either way. ``onednn`` needs an AMX CPU.
 
     Scores move: measure the ranking quality before relying on it (docs/results.md).
     """
@@ -257,6 +257,10 @@ def quantize_int8(model: Any, compiled: bool = True, calibration: Sequence[Seque
     backend = backend or int8_backend()
     if backend not in MATMUL_BACKENDS:
         raise InvalidInputError(f"unknown int8 matmul backend {backend!r}; use one of {', '.join(MATMUL_BACKENDS)}")
+    if backend == "onednn" and not cpu_has_amx():
+        raise InvalidInputError("int8 backend 'onednn' needs a CPU with AMX: elsewhere oneDNN's packed int8 op fell back "
+                                "to a reference kernel (thousands of times slower, and saturating without VNNI); "
+                                "use 'int_mm'")
     ranges = activation_ranges(model.backbone, [list(row) for row in calibration]) if calibration else None
     convert_linears(model.backbone, compiled, ranges=ranges, alpha=SMOOTHING_ALPHA if alpha is None else alpha,
                     outliers=outliers, backend=backend)

@@ -79,9 +79,10 @@ CALIBRATION: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 #: How :class:`Int8Linear` multiplies: ``int_mm`` (``torch._int_mm``, int32 products; oneDNN re-lays the weight
 #: out on every call) or ``onednn`` (``torch.ops.onednn.qlinear_pointwise`` on a weight packed once for this CPU,
-#: float32 products holding the same integers, so both give the same scores). ``onednn`` is for AMX CPUs only: with
-#: AMX masked off (``ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI``) oneDNN ran that op through a reference kernel thousands
-#: of times slower; docs/performance.md says where each is faster.
+#: float32 products holding the same integers, so both give the same scores). ``onednn`` is for AMX CPUs only
+#: (:func:`lbnl.hardware.quantize_int8` refuses it elsewhere): with AMX masked off (``ONEDNN_MAX_CPU_ISA``) oneDNN
+#: ran that op through a reference kernel thousands of times slower, whose products saturated without VNNI;
+#: docs/performance.md says where each is faster.
 MATMUL_BACKENDS = ("int_mm", "onednn")
 
 

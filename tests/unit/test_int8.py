@@ -44,7 +44,15 @@ def int8_matmuls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
     return calls
 
 
-onednn = pytest.mark.skipif(not int8.onednn_available(), reason="this torch has no oneDNN int8 linear")
+def _amx() -> bool:
+    from lbnl.hardware import cpu_has_amx
+
+    return cpu_has_amx()
+
+
+#: The packed backend's tests: only where it is used (elsewhere oneDNN's op is slow and, without VNNI, saturates).
+amx_onednn = pytest.mark.skipif(not (int8.onednn_available() and _amx()),
+                                reason="the packed int8 backend runs on AMX CPUs with oneDNN's int8 linear only")
 
 
 def test_weights_per_output_channel() -> None:
@@ -314,7 +322,7 @@ def test_fastest_picks_int8_only_when_enabled(monkeypatch: pytest.MonkeyPatch) -
     assert hardware.fastest_weights("cpu", None) == ("int8-dynamic", None)
 
 
-@onednn
+@amx_onednn
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_onednn_backend_gives_the_same_bits(dtype: torch.dtype, int8_matmuls: list) -> None:
     from transformers import Qwen3Config
@@ -341,27 +349,40 @@ def test_onednn_backend_gives_the_same_bits(dtype: torch.dtype, int8_matmuls: li
         int8.Int8Linear(w, backend="fbgemm")
 
 
-@onednn
-def test_quantize_int8_uses_onednn_on_amx_with_the_same_scores(tiny_checkpoint: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    from lbnl import Reranker, hardware
+def test_the_packed_backend_is_chosen_on_amx_only(tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lbnl import hardware
     from lbnl.errors import InvalidInputError
 
-    docs = [f"green tea study number {i} about catechins and cholesterol" for i in range(6)]
-    scores = {}
-    for amx, backend in ((False, "int_mm"), (True, "onednn")):
-        monkeypatch.setattr(hardware, "cpu_has_amx", lambda amx=amx: amx)
-        assert hardware.int8_backend() == backend
-        ran = []
-        real = torch._int_mm if backend == "int_mm" else torch.ops.onednn.qlinear_pointwise
-        spy = lambda *args, real=real: ran.append(1) or real(*args)  # noqa: E731
-        monkeypatch.setattr(*(torch, "_int_mm") if backend == "int_mm" else (torch.ops.onednn, "qlinear_pointwise"), spy)
-        w8a8 = Reranker.from_pretrained(tiny_checkpoint, device="cpu", quantize="int8", fusion=None)
-        assert w8a8.model.backbone.layers[0].mlp.down_proj.backend == backend
-        scores[backend] = [r.relevance_score for r in sorted(w8a8.rerank("green tea", docs), key=lambda r: r.index)]
-        assert ran, f"no {backend} matmul ran"
-    assert scores["int_mm"] == scores["onednn"]
-    monkeypatch.setattr(hardware, "INT8_ONEDNN_ON_AMX", False)
+    monkeypatch.setattr(hardware, "cpu_has_amx", lambda: False)
     assert hardware.int8_backend() == "int_mm"
+    with pytest.raises(InvalidInputError, match="AMX"):
+        hardware.quantize_int8(_model(tiny_checkpoint, torch.float32), backend="onednn")
     with pytest.raises(InvalidInputError, match="backend"):
         hardware.quantize_int8(_model(tiny_checkpoint, torch.float32), backend="fbgemm")
+    monkeypatch.setattr(hardware, "cpu_has_amx", lambda: True)
+    assert hardware.int8_backend() == ("onednn" if int8.onednn_available() else "int_mm")
+    monkeypatch.setattr(hardware, "INT8_ONEDNN_ON_AMX", False)
+    assert hardware.int8_backend() == "int_mm"
+
+
+@amx_onednn
+def test_int8_on_amx_runs_the_packed_kernel_with_the_same_scores(tiny_checkpoint: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from lbnl import Reranker
+    from lbnl.checkpoints import load_tokenizer
+    from lbnl.hardware import quantize_model
+
+    docs = [f"green tea study number {i} about catechins and cholesterol" for i in range(6)]
+    ran = []
+    packed_linear = torch.ops.onednn.qlinear_pointwise
+    monkeypatch.setattr(torch.ops.onednn, "qlinear_pointwise", lambda *args: ran.append(1) or packed_linear(*args))
+    packed = Reranker.from_pretrained(tiny_checkpoint, device="cpu", quantize="int8", fusion=None)
+    assert packed.model.backbone.layers[0].mlp.down_proj.backend == "onednn"
+    a = [r.relevance_score for r in sorted(packed.rerank("green tea", docs), key=lambda r: r.index)]
+    assert ran, "the packed kernel never ran"
+    model = _model(tiny_checkpoint, packed.model.dtype)
+    quantize_model(model, "int8", load_tokenizer(tiny_checkpoint), backend="int_mm")
+    assert model.backbone.layers[0].mlp.down_proj.backend == "int_mm"
+    b = [r.relevance_score for r in sorted(Reranker(model, load_tokenizer(tiny_checkpoint)).rerank("green tea", docs),
+                                           key=lambda r: r.index)]
+    assert a == b
