@@ -356,6 +356,21 @@ std::vector<torch::Tensor> silu_mul_quantize_bf16(const torch::Tensor& acc, cons
 
 // ---- elementwise passes of the bf16 decoder layer (lbnl.engine) ----
 
+float inverse_rms(const uint16_t* row, int64_t d, float eps) {  // 1 / sqrt(mean(row^2) + eps), float32 sums
+  float sum = 0.0f;
+  int64_t j = 0;
+#ifdef LBNL_AVX512
+  __m512 acc = _mm512_setzero_ps();
+  for (; j + 16 <= d; j += 16) {
+    __m512 v = load_bf16x16(row + j);
+    acc = _mm512_fmadd_ps(v, v, acc);
+  }
+  sum = _mm512_reduce_add_ps(acc);
+#endif
+  for (; j < d; ++j) { const float v = bf16_to_float(row[j]); sum += v * v; }
+  return 1.0f / std::sqrt(sum / static_cast<float>(d) + eps);
+}
+
 torch::Tensor rms_norm_bf16(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
   TORCH_CHECK(x.scalar_type() == torch::kBFloat16 && weight.scalar_type() == torch::kBFloat16, "bf16 only");
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && weight.is_contiguous() && weight.numel() == x.size(1),
@@ -370,19 +385,8 @@ torch::Tensor rms_norm_bf16(const torch::Tensor& x, const torch::Tensor& weight,
     for (int64_t r = begin; r < end; ++r) {
       const uint16_t* row = in + r * d;
       uint16_t* orow = o + r * d;
-      float sum = 0.0f;
+      const float inv = inverse_rms(row, d, feps);
       int64_t j = 0;
-#ifdef LBNL_AVX512
-      __m512 acc = _mm512_setzero_ps();
-      for (; j + 16 <= d; j += 16) {
-        __m512 v = load_bf16x16(row + j);
-        acc = _mm512_fmadd_ps(v, v, acc);
-      }
-      sum = _mm512_reduce_add_ps(acc);
-#endif
-      for (; j < d; ++j) { const float v = bf16_to_float(row[j]); sum += v * v; }
-      const float inv = 1.0f / std::sqrt(sum / static_cast<float>(d) + feps);
-      j = 0;
 #ifdef LBNL_AVX512
       const __m512 vinv = _mm512_set1_ps(inv);
       for (; j + 16 <= d; j += 16) {
@@ -454,19 +458,8 @@ torch::Tensor norm_rotate_bf16(const torch::Tensor& x, const torch::Tensor& weig
       const uint16_t* sr = sn + (r / heads) * d;
       uint16_t* orow = o + r * d;
       if (norm) {
-        float sum = 0.0f;
-        int64_t j = 0;
-#ifdef LBNL_AVX512
-        __m512 acc = _mm512_setzero_ps();
-        for (; j + 16 <= d; j += 16) {
-          __m512 v = load_bf16x16(row + j);
-          acc = _mm512_fmadd_ps(v, v, acc);
-        }
-        sum = _mm512_reduce_add_ps(acc);
-#endif
-        for (; j < d; ++j) { const float v = bf16_to_float(row[j]); sum += v * v; }
-        const float inv = 1.0f / std::sqrt(sum / static_cast<float>(d) + feps);
-        for (j = 0; j < d; ++j) buf[j] = round_bf16(round_bf16(bf16_to_float(row[j]) * inv) * bf16_to_float(w[j]));
+        const float inv = inverse_rms(row, d, feps);
+        for (int64_t j = 0; j < d; ++j) buf[j] = round_bf16(round_bf16(bf16_to_float(row[j]) * inv) * bf16_to_float(w[j]));
       } else {
         for (int64_t j = 0; j < d; ++j) buf[j] = bf16_to_float(row[j]);
       }
