@@ -191,9 +191,9 @@ def weight_plan(quantize: str | None, device: str | torch.device | None,
 
 
 #: Whether :func:`quantize_int8` multiplies through oneDNN's int8 linear with packed weights (:mod:`lbnl.int8`
-#: backend ``onednn``) on AMX CPUs, where ``torch._int_mm`` ran slower than a bf16 matmul while the packed
-#: kernel ran about twice as fast (docs/results.md, "Speed: Intel Xeon with AMX"). Other CPUs keep ``int_mm``,
-#: the backend measured there. Both compute the same integer products, so the choice never changes a score.
+#: backend ``onednn``) on AMX CPUs, where ``torch._int_mm`` ran at half a bf16 matmul's rate and the packed
+#: kernel at 1.3x it (docs/results.md, "Speed: Intel Xeon with AMX"). Other CPUs keep ``int_mm``, the backend
+#: measured there. Both compute the same integer products, so the choice never changes a score.
 INT8_ONEDNN_ON_AMX = True
 
 
@@ -258,9 +258,9 @@ def quantize_int8(model: Any, compiled: bool = True, calibration: Sequence[Seque
     if backend not in MATMUL_BACKENDS:
         raise InvalidInputError(f"unknown int8 matmul backend {backend!r}; use one of {', '.join(MATMUL_BACKENDS)}")
     if backend == "onednn" and not cpu_has_amx():
-        raise InvalidInputError("int8 backend 'onednn' needs a CPU with AMX: elsewhere oneDNN's packed int8 op fell back "
-                                "to a reference kernel (thousands of times slower, and saturating without VNNI); "
-                                "use 'int_mm'")
+        raise InvalidInputError("int8 backend 'onednn' needs a CPU with AMX: elsewhere oneDNN's packed int8 op "
+                                "fell back to a reference kernel (thousands of times slower, and saturating without "
+                                "VNNI); use 'int_mm'")
     ranges = activation_ranges(model.backbone, [list(row) for row in calibration]) if calibration else None
     convert_linears(model.backbone, compiled, ranges=ranges, alpha=SMOOTHING_ALPHA if alpha is None else alpha,
                     outliers=outliers, backend=backend)

@@ -5,9 +5,10 @@ quantized per token (one scale per row, from its largest magnitude) on every cal
 ``torch._int_mm`` (int8 x int8 -> int32, oneDNN's VNNI kernels: about 2x a bf16 matmul on an
 AVX512-VNNI CPU without AMX) and scaled back to the model's dtype. On AMX CPUs ``torch._int_mm`` is slower
 than a bf16 matmul, so the matmul can instead go through oneDNN's int8 linear with the weight packed once
-(``backend="onednn"``, :data:`MATMUL_BACKENDS`): the same integer products, delivered as float32. The gated MLP quantizes once for its
-joined gate/up matmul and fuses the dequantization, SiLU product and the down projection's quantization
-into one pass; the query, key and value projections share one quantization of their input.
+(``backend="onednn"``, :data:`MATMUL_BACKENDS`): the same integer products, delivered as float32. The gated
+MLP quantizes once for its joined gate/up matmul and fuses the dequantization, SiLU product and the down
+projection's quantization into one pass; the query, key and value projections share one quantization of
+their input.
 
 Attention can run its score matmul in int8 too (:func:`causal_attention_int8`, as in SageAttention:
 keys minus their mean over tokens, which leaves the softmax unchanged, then per-token scales for
@@ -259,6 +260,16 @@ class Int8Linear(nn.Module):
         # oneDNN's packed copy of ``qweight`` (an opaque layout for this CPU, so not a buffer: rebuilt, never saved)
         self.packed = torch.ops.onednn.qlinear_prepack(q, None) if backend == "onednn" else None
         self.unit = torch.ones(self.out_features) if backend == "onednn" else None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["packed"] = None  # oneDNN's opaque layout cannot be copied or pickled: packed again on arrival
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if self.backend == "onednn":
+            self.packed = torch.ops.onednn.qlinear_prepack(self.qweight, None)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, compiled: bool = True, smooth: torch.Tensor | None = None,

@@ -350,7 +350,8 @@ std::vector<torch::Tensor> silu_mul_quantize_rows(const torch::Tensor& acc, cons
 std::vector<torch::Tensor> silu_mul_quantize_bf16(const torch::Tensor& acc, const torch::Tensor& row_scale,
                                                   const torch::Tensor& col_scale, const torch::Tensor& inverse) {
   check_products(acc);
-  if (acc.scalar_type() == torch::kInt) return silu_mul_quantize_rows(acc, acc.data_ptr<int32_t>(), row_scale, col_scale, inverse);
+  if (acc.scalar_type() == torch::kInt)
+    return silu_mul_quantize_rows(acc, acc.data_ptr<int32_t>(), row_scale, col_scale, inverse);
   return silu_mul_quantize_rows(acc, acc.data_ptr<float>(), row_scale, col_scale, inverse);
 }
 
@@ -430,8 +431,8 @@ torch::Tensor silu_mul_bf16(const torch::Tensor& gate_up) {
   return out;
 }
 
-torch::Tensor norm_rotate_bf16(const torch::Tensor& x, const torch::Tensor& weight, double eps, const torch::Tensor& cos,
-                               const torch::Tensor& signed_sin) {
+torch::Tensor norm_rotate_bf16(const torch::Tensor& x, const torch::Tensor& weight, double eps,
+                               const torch::Tensor& cos, const torch::Tensor& signed_sin) {
   // x [tokens, heads, d]: each head's RMSNorm (when weight has d entries) then the rotate-half rotary
   // embedding, rounded as lbnl.engine rounds them (norm as rms_norm_bf16; x * cos, then + swapped * signed_sin).
   TORCH_CHECK(x.scalar_type() == torch::kBFloat16 && cos.scalar_type() == torch::kBFloat16 &&
@@ -439,7 +440,8 @@ torch::Tensor norm_rotate_bf16(const torch::Tensor& x, const torch::Tensor& weig
   TORCH_CHECK(x.dim() == 3 && x.is_contiguous() && cos.is_contiguous() && signed_sin.is_contiguous(),
               "contiguous [tokens, heads, d]");
   const int64_t tokens = x.size(0), heads = x.size(1), d = x.size(2), half = d / 2;
-  TORCH_CHECK(d % 2 == 0 && cos.numel() == tokens * d && signed_sin.numel() == tokens * d, "cos and sin of [tokens, d]");
+  TORCH_CHECK(d % 2 == 0 && cos.numel() == tokens * d && signed_sin.numel() == tokens * d,
+              "cos and sin of [tokens, d]");
   const bool norm = weight.numel() > 0;
   TORCH_CHECK(!norm || (weight.scalar_type() == torch::kBFloat16 && weight.numel() == d && weight.is_contiguous()),
               "a bf16 weight of d");
@@ -459,7 +461,8 @@ torch::Tensor norm_rotate_bf16(const torch::Tensor& x, const torch::Tensor& weig
       uint16_t* orow = o + r * d;
       if (norm) {
         const float inv = inverse_rms(row, d, feps);
-        for (int64_t j = 0; j < d; ++j) buf[j] = round_bf16(round_bf16(bf16_to_float(row[j]) * inv) * bf16_to_float(w[j]));
+        for (int64_t j = 0; j < d; ++j)
+          buf[j] = round_bf16(round_bf16(bf16_to_float(row[j]) * inv) * bf16_to_float(w[j]));
       } else {
         for (int64_t j = 0; j < d; ++j) buf[j] = bf16_to_float(row[j]);
       }

@@ -1,8 +1,8 @@
 """lbnl.int8: int8 weights and per-token int8 activations in the decoder's matmuls, int8 attention scores.
 
 Against float computations on random inputs and a tiny random Qwen3 model; every test checks that an int8
-matmul (``torch._int_mm``, or oneDNN's int8 linear where that backend is in use) actually ran. Eager kernels (``compiled=False``) unless a test is about the
-compiled ones; nothing here is timed."""
+matmul (``torch._int_mm``, or oneDNN's int8 linear where that backend is in use) actually ran. Eager kernels
+(``compiled=False``) unless a test is about the compiled ones; nothing here is timed."""
 
 from __future__ import annotations
 
@@ -342,6 +342,7 @@ def test_onednn_backend_gives_the_same_bits(dtype: torch.dtype, int8_matmuls: li
                      for name in int8.MATMUL_BACKENDS)
     assert torch.equal(plain(x), packed(x))  # the fused middle reads float32 products as it reads int32 ones
     assert (18, 64, 48) in int8_matmuls and (18, 64, 160) in int8_matmuls and (18, 80, 64) in int8_matmuls
+    assert torch.equal(copy.deepcopy(packed)(x), packed(x))  # the packed weights are packed again in a copy
     big = int8.Int8Linear(torch.ones(4, 4096), compiled=False, backend="onednn")  # sums beyond 2**24 stay exact
     rows = big.quantize(torch.ones(2, 4096))
     assert torch.equal(big.matmul(rows), torch.full((2, 4), 127.0 * 127 * 4096))

@@ -33,7 +33,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                              "see docs/performance.md")
     parser.add_argument("--quantize", default=None, choices=("int8", "int8-plain", "int8-dynamic", "none"),
                         help="int8: the decoder's matmuls in int8 (int8 weights and per-token activations, a "
-                             "few calibrated outlier channels kept in the float dtype; fast on CPUs with VNNI and no AMX); "
+                             "few calibrated outlier channels kept in the float dtype; fast on CPUs with VNNI and "
+                             "no AMX); "
                              "int8-plain: the same without outlier channels; int8-dynamic: torch.ao dynamic "
                              "quantization of a float32 model; none (default: the preset's); scores change, see "
                              "docs/performance.md")

@@ -15,8 +15,8 @@ projector and the spec's merge to them, so a peer scores documents too. Exports 
 bench cache (``$LBNL_CACHE/bench/peers``), keyed by the checkpoint's fingerprint (shape, config, weights)
 and the export version. A peer whose package is missing, or whose export fails, is skipped with the
 reason (:class:`PeerUnavailable`), and so is a llama.cpp build that crashes the process (a native fault): it
-first runs a short trial forward in a child process (:func:`trial`). The packages are the optional extras ``bench-peers`` (OpenVINO, ONNX
-Runtime) and ``bench-llamacpp`` (llama-cpp-python, compiled from source by pip).
+first runs a short trial forward in a child process (:func:`trial`). The packages are the optional extras
+``bench-peers`` (OpenVINO, ONNX Runtime) and ``bench-llamacpp`` (llama-cpp-python, compiled from source by pip).
 
 Light at import: a peer's runtime loads when the peer is opened.
 """
