@@ -104,13 +104,21 @@ def _native(x: torch.Tensor) -> bool:
             and native.available())
 
 
+def _rms_eps(norm: nn.Module) -> float | None:
+    """The epsilon of a Llama-family RMSNorm with a weight (what lbnl's norm kernels compute), else ``None``."""
+    eps = getattr(norm, "variance_epsilon", None)
+    if not type(norm).__name__.endswith("RMSNorm") or getattr(norm, "weight", None) is None:
+        return None
+    return eps
+
+
 def _norm(norm: nn.Module, x: torch.Tensor, compiled: bool = False) -> torch.Tensor:
     """``norm(x)`` for the RMSNorm of Llama-family models through the fused kernel: the same float32
     arithmetic (bit-identical results), half the time on a CPU, a third for the per-head norms of Qwen3.
     In bf16 on a CPU, one pass of :mod:`lbnl.native` (4x faster again; float32 sums in another order, so
     about one output in a million moves by one bf16 rounding step)."""
-    eps = getattr(norm, "variance_epsilon", None)
-    if not type(norm).__name__.endswith("RMSNorm") or eps is None or getattr(norm, "weight", None) is None:
+    eps = _rms_eps(norm)
+    if eps is None:
         return norm(x)
     if not compiled and _native(x) and norm.weight.dtype == torch.bfloat16 and x.is_contiguous():
         return native.rms_norm(x, norm.weight, eps)
@@ -123,10 +131,8 @@ def _heads(attn: nn.Module, proj: nn.Module, norm: str, x: torch.Tensor, cos: to
     CPU the per-head norm and the rotation are one pass of :mod:`lbnl.native` (the same roundings)."""
     y = proj(x).view(*x.shape[:-1], -1, attn.head_dim)
     head_norm = getattr(attn, norm, None)
-    eps = getattr(head_norm, "variance_epsilon", None)
-    plain_norm = head_norm is None or (type(head_norm).__name__.endswith("RMSNorm") and eps is not None
-                                       and getattr(head_norm, "weight", None) is not None
-                                       and head_norm.weight.dtype == torch.bfloat16)
+    eps = None if head_norm is None else _rms_eps(head_norm)
+    plain_norm = head_norm is None or (eps is not None and head_norm.weight.dtype == torch.bfloat16)
     if (not compiled and plain_norm and y.shape[0] == 1 and _native(y) and y.is_contiguous()
             and cos.dtype == signed_sin.dtype == torch.bfloat16):
         weight = None if head_norm is None else head_norm.weight
