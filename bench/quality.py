@@ -24,6 +24,7 @@ from lbnl.bench import find_scifact
 #: weights setting -> (dtype, quantization, attention kernel of the fast path)
 WEIGHTS = {"float32": ("float32", None, "auto"), "bfloat16": ("bfloat16", None, "auto"),
            "bfloat16-sdpa": ("bfloat16", None, "sdpa"), "bfloat16-chunked": ("bfloat16", None, "chunked"),
+           "bfloat16-amx": ("bfloat16", None, "amx"),
            "int8": ("bfloat16", "int8", "auto"), "int8-attn": ("bfloat16", "int8", "int8"),
            "int8-dynamic": ("float32", "int8-dynamic", "auto")}
 
@@ -57,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=None, help="SciFact BEIR directory (default: found beside the project)")
     parser.add_argument("--block-sizes", default="125,32,16,8")
     parser.add_argument("--weights", default="float32,bfloat16,int8",
-                        help="comma-separated: float32, bfloat16 (fast with AMX or AVX512-BF16; bfloat16-sdpa and "
-                             "bfloat16-chunked force the attention kernel), int8 (int8 matmuls on bf16, lbnl.int8), "
+                        help="comma-separated: float32, bfloat16 (fast with AMX or AVX512-BF16; bfloat16-sdpa, "
+                             "bfloat16-chunked and bfloat16-amx force the attention kernel), int8 (int8 matmuls on bf16, lbnl.int8), "
                              "int8-attn (the same plus int8 attention scores), int8-dynamic (torch.ao, float32)")
     parser.add_argument("--top-k", type=int, default=100, help="BM25 hits reranked per query (default 100)")
     parser.add_argument("--max-doc-length", type=int, default=2048, help="tokens kept per document (default 2048)")

@@ -199,7 +199,7 @@ def decode(
     norm only at those positions. Returns [tokens, hidden] (the selected tokens, row by row, when
     ``select`` is given) and, with ``keep_kv``, every layer's keys and values of the new tokens.
     ``compiled`` runs the norms and the SiLU product through ``torch.compile``; ``attention``
-    (``sdpa``, ``chunked`` or ``int8``) picks the causal attention kernel of the full layers. Layers
+    (``sdpa``, ``chunked``, ``int8`` or ``amx``) picks the causal attention kernel of the full layers. Layers
     converted by :mod:`lbnl.int8` quantize the input of their query, key and value projections once.
     """
     F = torch.nn.functional
@@ -249,9 +249,10 @@ def decode(
                 outs.append(F.scaled_dot_product_attention(qs, ks, vs, attn_mask=visible, scale=attn.scaling,
                                                            enable_gqa=gqa))
                 continue
-            if attention in ("chunked", "int8"):
+            if attention in ("chunked", "int8", "amx"):  # kernels taking [n, heads, dim] and [kv_heads, L, dim]
                 rows_q = q[0, :, bounds[r]:bounds[r + 1]].transpose(0, 1)
-                kernel = int8.causal_attention_int8 if attention == "int8" else attention_kernels.causal_attention_chunked
+                kernel = {"chunked": attention_kernels.causal_attention_chunked, "int8": int8.causal_attention_int8,
+                          "amx": native.causal_attention_amx}[attention]
                 chunked = kernel(rows_q, ks[0].contiguous(), vs[0].contiguous(), attn.scaling)
                 outs.append(chunked.transpose(0, 1).unsqueeze(0))
                 continue

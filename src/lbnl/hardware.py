@@ -289,8 +289,9 @@ def quantize_int8_dynamic(model: Any) -> Any:
 
 #: ``LBNLModel.attention``: how the fast path computes causal self-attention (``int8``: the score matmul in
 #: int8, :func:`lbnl.int8.causal_attention_int8`; ``auto`` picks it only for ``quantize="int8"`` models, see
-#: :data:`INT8_MODELS_USE_INT8_ATTENTION`).
-ATTENTION_KERNELS = ("auto", "sdpa", "chunked", "int8")
+#: :data:`INT8_MODELS_USE_INT8_ATTENTION`; ``amx``: :func:`lbnl.native.causal_attention_amx`, bf16 on CPUs
+#: with AMX).
+ATTENTION_KERNELS = ("auto", "sdpa", "chunked", "int8", "amx")
 
 #: Whether ``auto`` gives a ``quantize="int8"`` model (on a CPU where ``auto`` picks the chunked kernel) int8
 #: query-key products too, for heads of at least :data:`INT8_ATTENTION_MIN_HEAD_DIM`: on the Qwen3-0.6B shape
@@ -302,19 +303,44 @@ INT8_ATTENTION_MIN_HEAD_DIM = 128
 def resolve_attention(kernel: str, dtype: torch.dtype, device: torch.device, quantized: str | None = None,
                       head_dim: int = 0) -> str:
     """The attention kernel ``auto`` stands for: ``chunked`` for bf16 on a CPU without AMX (``int8`` there for
-    ``quantized="int8"`` models whose heads have ``head_dim`` >= :data:`INT8_ATTENTION_MIN_HEAD_DIM`), else ``sdpa``.
+    ``quantized="int8"`` models whose heads have ``head_dim`` >= :data:`INT8_ATTENTION_MIN_HEAD_DIM`), ``amx``
+    for bf16 on a CPU with AMX (heads a multiple of 32 wide, native kernels built), else ``sdpa``.
 
     Without AMX, torch's CPU flash-attention kernel multiplies bf16 no faster than float32, while the
-    chunked kernel's batched matmuls run at bf16 speed (docs/results.md has the measurement).
+    chunked kernel's batched matmuls run at bf16 speed; with AMX, lbnl's own flash-attention loop on AMX
+    tiles beats torch's kernel (docs/results.md has both measurements). Asking for ``amx`` where it cannot
+    run is an error, not a silent fallback.
     """
     if kernel not in ATTENTION_KERNELS:
         raise InvalidInputError(f"attention must be one of {', '.join(ATTENTION_KERNELS)}, got {kernel!r}")
+    if kernel == "amx":
+        why = _amx_attention_unavailable(dtype, device, head_dim)
+        if why:
+            raise InvalidInputError(f"attention='amx' cannot run here: {why}")
+        return kernel
     if kernel != "auto":
         return kernel
     if dtype == torch.bfloat16 and device.type == "cpu" and cpu_has_fast_bf16() and not cpu_has_amx():
         wide = head_dim >= INT8_ATTENTION_MIN_HEAD_DIM
         return "int8" if quantized == "int8" and wide and INT8_MODELS_USE_INT8_ATTENTION else "chunked"
+    if not _amx_attention_unavailable(dtype, device, head_dim):
+        return "amx"
     return "sdpa"
+
+
+def _amx_attention_unavailable(dtype: torch.dtype, device: torch.device, head_dim: int) -> str:
+    """Why :func:`lbnl.native.causal_attention_amx` cannot run for this model ('' when it can)."""
+    if dtype != torch.bfloat16 or device.type != "cpu":
+        return f"it computes bf16 on a CPU (the model is {str(dtype).replace('torch.', '')} on {device.type})"
+    if head_dim <= 0 or head_dim % 32:
+        return f"attention heads must be a multiple of 32 wide (they are {head_dim})"
+    if not cpu_has_amx():
+        return "this CPU has no AMX-BF16 tiles"
+    from . import native
+
+    if not native.amx_attention_available():
+        return "lbnl's native kernels are not built here or the OS refused AMX tile state (LBNL_NATIVE=0?)"
+    return ""
 
 
 # --- the C allocator ----------------------------------------------------------------------------

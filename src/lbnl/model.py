@@ -49,8 +49,8 @@ class LBNLModel(nn.Module):
         self.quantized: str | None = None
         #: Run the fast path's norms and SiLU product through ``torch.compile`` (see :meth:`compile_kernels`).
         self.compiled = False
-        #: The fast path's attention kernel: ``auto`` (see :func:`resolve_attention`), ``sdpa``, ``chunked`` or
-        #: ``int8``.
+        #: The fast path's attention kernel: ``auto`` (see :func:`resolve_attention`), ``sdpa``, ``chunked``,
+        #: ``int8`` or ``amx``.
         self.attention = "auto"
 
     @property

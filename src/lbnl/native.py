@@ -7,7 +7,8 @@ kernel here masks, exponentiates (a degree-6 polynomial for 2^f on [-0.5, 0.5], 
 2e-7, far below bf16's 4e-3) and normalises in one call, one row at a time in cache. A second entry reads
 int32 scores with a scale per row and per column, for :func:`lbnl.int8.causal_attention_int8`. The
 int8 path's quantize, dequantize and SiLU-product passes, and the bf16 decoder layer's RMSNorm and SiLU
-product (:mod:`lbnl.engine`), are here too: one pass each, vectorised for AVX-512.
+product (:mod:`lbnl.engine`), are here too: one pass each, vectorised for AVX-512. On CPUs with AMX, a whole
+causal attention runs here as a flash-attention loop on AMX tiles (:func:`causal_attention_amx`).
 
 Built with ``torch.utils.cpp_extension`` (a C++ compiler and ninja; about a minute once, then cached
 under torch's extensions directory, keyed by the source and this CPU's flags). When the build fails, or
@@ -34,6 +35,11 @@ _SOURCE = r"""
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #include <immintrin.h>
 #define LBNL_AVX512 1
+#endif
+#if defined(LBNL_AVX512) && defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#define LBNL_AMX 1
 #endif
 
 namespace {
@@ -487,9 +493,265 @@ torch::Tensor norm_rotate_bf16(const torch::Tensor& x, const torch::Tensor& weig
   return out;
 }
 
+// ---- causal attention on AMX tiles (flash attention: scores never leave the core's caches) ----
+#ifdef LBNL_AMX
+// 2^t at bf16 accuracy: n = round(t), 2^(t - n) by a degree-4 Taylor polynomial (relative error under 5e-5
+// on [-0.5, 0.5], against bf16's 4e-3), times 2^n by scalef, which flushes very negative t to 0; lanes outside
+// `keep` are 0.
+inline __m512 exp2x16_masked(__m512 t, __mmask16 keep) {
+  __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 f = _mm512_sub_ps(t, n);
+  __m512 p = _mm512_fmadd_ps(f, _mm512_set1_ps(kC4), _mm512_set1_ps(kC3));
+  p = _mm512_fmadd_ps(f, p, _mm512_set1_ps(kC2));
+  p = _mm512_fmadd_ps(f, p, _mm512_set1_ps(kC1));
+  p = _mm512_fmadd_ps(f, p, _mm512_set1_ps(1.0f));
+  return _mm512_maskz_scalef_ps(keep, p, n);
+}
+
+inline __mmask16 first_lanes(int64_t count) {  // the first min(16, max(0, count)) lanes
+  return count >= 16 ? static_cast<__mmask16>(0xFFFF) : count <= 0 ? 0 : static_cast<__mmask16>((1u << count) - 1);
+}
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+bool amx_attention_ready() {  // Linux hands out AMX tile state only on request (ARCH_REQ_XCOMP_PERM, XTILEDATA)
+  static const bool ok = syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+  return ok;
+}
+
+constexpr int64_t kAttnQ = 64;    // query positions per block (times the heads of a key/value group)
+constexpr int64_t kAttnKV = 256;  // keys per block
+
+// Keys as the B operand of Q K^T: per 16 keys and 32 dims a tile of 16 dim pairs (rows) by 16 keys, i.e. a
+// 16x16 transpose of 32-bit dim pairs, gathered a row at a time; keys past L are zeros.
+void pack_keys(const uint16_t* k, int64_t L, int64_t dim, int64_t padded, uint32_t* out) {
+  const int32_t* k32 = reinterpret_cast<const int32_t*>(k);
+  const int64_t chunks = dim / 32, half = dim / 2;
+  const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                          _mm512_set1_epi32(static_cast<int32_t>(half)));
+  for (int64_t kt = 0; kt < padded / 16; ++kt) {
+    const __mmask16 keys = first_lanes(L - kt * 16);
+    for (int64_t c = 0; c < chunks; ++c) {
+      uint32_t* tile = out + (kt * chunks + c) * 256;
+      for (int64_t r = 0; r < 16; ++r)
+        _mm512_storeu_si512(tile + r * 16, _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), keys, rows,
+                                                                       k32 + kt * 16 * half + c * 16 + r, 4));
+    }
+  }
+}
+
+// Values as the B operand of P V: per 32 keys and 16 dims a tile of 16 key pairs (rows) by 16 dims, each
+// element the two keys' bf16 values side by side; keys past L are zeros (their probabilities are 0 too).
+void pack_values(const uint16_t* v, int64_t L, int64_t dim, int64_t padded, uint32_t* out) {
+  const int64_t chunks = dim / 16;
+  auto row16 = [&](int64_t key, int64_t c) {
+    return key < L ? _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + key * dim + c * 16)))
+                   : _mm512_setzero_si512();
+  };
+  for (int64_t kc = 0; kc < padded / 32; ++kc)
+    for (int64_t c = 0; c < chunks; ++c) {
+      uint32_t* tile = out + (kc * chunks + c) * 256;
+      for (int64_t r = 0; r < 16; ++r) {
+        const int64_t key = kc * 32 + 2 * r;
+        _mm512_storeu_si512(tile + r * 16, _mm512_or_si512(row16(key, c), _mm512_slli_epi32(row16(key + 1, c), 16)));
+      }
+    }
+}
+
+// Tiles 0-3 accumulate a 32x32 float block; 4-5 hold A's two 16-row halves, 6-7 B's two 16-column halves.
+inline void dot_2x2() {
+  _tile_dpbf16ps(0, 4, 6); _tile_dpbf16ps(1, 4, 7); _tile_dpbf16ps(2, 5, 6); _tile_dpbf16ps(3, 5, 7);
+}
+
+inline void store_2x2(float* c, int64_t ld) {  // ld in floats
+  _tile_stored(0, c, ld * 4); _tile_stored(1, c + 16, ld * 4);
+  _tile_stored(2, c + 16 * ld, ld * 4); _tile_stored(3, c + 16 * ld + 16, ld * 4);
+}
+
+// One 32x32 block of scores, S[rt*16 .. +32, kt*16 .. +32) = Q K^T over keys from kb (packed keys `kh`).
+inline void score_tile(const uint16_t* qb, const uint32_t* kh, int64_t dim, int64_t kb, int64_t rt, int64_t kt,
+                       float* sb) {
+  const int64_t chunks = dim / 32;
+  _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+  for (int64_t c = 0; c < chunks; ++c) {
+    _tile_loadd(4, qb + rt * 16 * dim + c * 32, dim * 2);
+    _tile_loadd(5, qb + (rt * 16 + 16) * dim + c * 32, dim * 2);
+    _tile_loadd(6, kh + ((kb / 16 + kt) * chunks + c) * 256, 64);
+    _tile_loadd(7, kh + ((kb / 16 + kt + 1) * chunks + c) * 256, 64);
+    dot_2x2();
+  }
+  store_2x2(sb + rt * 16 * kAttnKV + kt * 16, kAttnKV);
+}
+
+// One 32x32 block of the output, O[rt*16 .. +32, dc*16 .. +32) += P V over `width` keys from kb (packed `vh`).
+inline void value_tile(const uint16_t* pb, const uint32_t* vh, int64_t dim, int64_t kb, int64_t width, int64_t rt,
+                       int64_t dc, float* ob) {
+  const int64_t chunks = dim / 16;
+  float* o = ob + rt * 16 * dim + dc * 16;
+  _tile_loadd(0, o, dim * 4); _tile_loadd(1, o + 16, dim * 4);
+  _tile_loadd(2, o + 16 * dim, dim * 4); _tile_loadd(3, o + 16 * dim + 16, dim * 4);
+  for (int64_t kc = 0; kc < width / 32; ++kc) {
+    _tile_loadd(4, pb + rt * 16 * kAttnKV + kc * 32, kAttnKV * 2);
+    _tile_loadd(5, pb + (rt * 16 + 16) * kAttnKV + kc * 32, kAttnKV * 2);
+    _tile_loadd(6, vh + ((kb / 32 + kc) * chunks + dc) * 256, 64);
+    _tile_loadd(7, vh + ((kb / 32 + kc) * chunks + dc + 1) * 256, 64);
+    dot_2x2();
+  }
+  store_2x2(o, dim);
+}
+
+// The online softmax of one row's block of scores: updates its running max m and sum l, returns the factor its
+// output accumulator must be scaled by, and writes the block's unnormalised probabilities (bf16, 0 past
+// `visible`).
+inline float softmax_block_row(const float* sr, int64_t visible, int64_t width, float c, float& m, float& l,
+                               uint16_t* pr) {
+  if (visible <= 0) {
+    std::memset(pr, 0, width * 2);
+    return 1.0f;
+  }
+  __m512 vm = _mm512_set1_ps(-INFINITY);
+  for (int64_t j = 0; j < visible; j += 16)
+    vm = _mm512_max_ps(vm, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), first_lanes(visible - j), sr + j));
+  const float mn = std::max(m, _mm512_reduce_max_ps(vm));
+  const __m512 off = _mm512_set1_ps(mn * c), vc = _mm512_set1_ps(c);
+  __m512 vs = _mm512_setzero_ps();
+  for (int64_t j = 0; j < width; j += 16) {
+    __m512 e = exp2x16_masked(_mm512_fmsub_ps(_mm512_loadu_ps(sr + j), vc, off), first_lanes(visible - j));
+    vs = _mm512_add_ps(vs, e);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(pr + j), (__m256i)_mm512_cvtneps_pbh(e));
+  }
+  const float alpha = m == -INFINITY ? 0.0f : std::exp2((m - mn) * c);
+  l = l * alpha + _mm512_reduce_add_ps(vs);
+  m = mn;
+  return alpha;
+}
+
+torch::Tensor causal_attention_amx(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                   double scale) {
+  TORCH_CHECK(amx_attention_ready(), "the OS does not let this process use AMX tiles");
+  TORCH_CHECK(q.scalar_type() == torch::kBFloat16 && k.scalar_type() == torch::kBFloat16 &&
+              v.scalar_type() == torch::kBFloat16, "bf16 only");
+  TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3 && q.stride(2) == 1 && k.is_contiguous() &&
+              v.is_contiguous(), "q [n, heads, dim] with contiguous heads, k and v contiguous [kv_heads, L, dim]");
+  const int64_t n = q.size(0), heads = q.size(1), dim = q.size(2), kv_heads = k.size(0), L = k.size(1);
+  TORCH_CHECK(dim % 32 == 0 && k.size(2) == dim && v.sizes() == k.sizes(), "head size a multiple of 32");
+  TORCH_CHECK(kv_heads > 0 && heads % kv_heads == 0 && L >= n, "grouped heads and L >= n keys");
+  const int64_t group = heads / kv_heads, start = L - n, qs0 = q.stride(0), qs1 = q.stride(1);
+  const int64_t padded = (L + kAttnKV - 1) / kAttnKV * kAttnKV, packed = padded * dim / 2;
+  auto kp = torch::empty({kv_heads, packed}, torch::kInt);
+  auto vp = torch::empty({kv_heads, packed}, torch::kInt);
+  const uint16_t* kd = reinterpret_cast<const uint16_t*>(k.data_ptr());
+  const uint16_t* vd = reinterpret_cast<const uint16_t*>(v.data_ptr());
+  uint32_t* kpd = reinterpret_cast<uint32_t*>(kp.data_ptr());
+  uint32_t* vpd = reinterpret_cast<uint32_t*>(vp.data_ptr());
+  at::parallel_for(0, kv_heads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t h = begin; h < end; ++h) {
+      pack_keys(kd + h * L * dim, L, dim, padded, kpd + h * packed);
+      pack_values(vd + h * L * dim, L, dim, padded, vpd + h * packed);
+    }
+  });
+  auto out = torch::empty({kv_heads, group, n, dim}, q.options());
+  if (n == 0) return out;
+  const uint16_t* qd = reinterpret_cast<const uint16_t*>(q.data_ptr());
+  uint16_t* od = reinterpret_cast<uint16_t*>(out.data_ptr());
+  const int64_t blocks = (n + kAttnQ - 1) / kAttnQ, rows = group * kAttnQ;
+  const float c = static_cast<float>(scale) * kLog2e;
+  at::parallel_for(0, kv_heads * blocks, 1, [&](int64_t begin, int64_t end) {
+    TileConfig config;
+    for (int t = 0; t < 8; ++t) {
+      config.rows[t] = 16;
+      config.colsb[t] = 64;
+    }
+    _tile_loadconfig(&config);
+    // Scores and probabilities of two key blocks at a time: while the tiles compute one block's values and
+    // the scores of the block after next, the vector units run the softmax of the block in between.
+    std::vector<uint16_t> qb(rows * dim), pb(2 * rows * kAttnKV);
+    std::vector<float> sb(2 * rows * kAttnKV), ob(rows * dim), m(rows), l(rows), alpha(rows);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t h = item / blocks, s = (item % blocks) * kAttnQ;
+      for (int64_t i = 0; i < rows; ++i) {  // row i: head h * group + i / kAttnQ at position s + i % kAttnQ
+        const int64_t pos = s + i % kAttnQ;
+        if (pos < n) std::memcpy(&qb[i * dim], qd + pos * qs0 + (h * group + i / kAttnQ) * qs1, dim * 2);
+        else std::memset(&qb[i * dim], 0, dim * 2);
+      }
+      std::fill(ob.begin(), ob.end(), 0.0f);
+      std::fill(m.begin(), m.end(), -INFINITY);
+      std::fill(l.begin(), l.end(), 0.0f);
+      const uint32_t* kh = kpd + h * packed;
+      const uint32_t* vh = vpd + h * packed;
+      const int64_t last = std::min(L, start + s + kAttnQ);  // the block's rows see keys [0, last) at most
+      const int64_t kv_blocks = (last + kAttnKV - 1) / kAttnKV;
+      auto width = [&](int64_t b) { return (std::min(kAttnKV, last - b * kAttnKV) + 31) / 32 * 32; };
+      auto scores = [&](int64_t b) { return &sb[(b % 2) * rows * kAttnKV]; };
+      auto probs = [&](int64_t b) { return &pb[(b % 2) * rows * kAttnKV]; };
+      // Step b (from -2): tiles run block b's values and block b + 2's scores, vectors block b + 1's softmax.
+      for (int64_t b = -2; b < kv_blocks; ++b) {
+        const int64_t sm = b + 1, sc = b + 2;
+        const int64_t value_jobs = b >= 0 ? (rows / 32) * (dim / 32) : 0;
+        const int64_t score_jobs = sc < kv_blocks ? (rows / 32) * (width(sc) / 32) : 0;
+        const int64_t jobs = value_jobs + score_jobs;
+        const bool softmax = sm >= 0 && sm < kv_blocks;
+        int64_t row = 0;
+        auto softmax_rows = [&](int64_t upto) {
+          for (; softmax && row < upto; ++row) {
+            const int64_t pos = s + row % kAttnQ, kb = sm * kAttnKV, w = width(sm);
+            const int64_t visible = pos < n ? std::min(start + pos + 1 - kb, w) : 0;
+            alpha[row] = softmax_block_row(scores(sm) + row * kAttnKV, visible, w, c, m[row], l[row],
+                                           probs(sm) + row * kAttnKV);
+          }
+        };
+        for (int64_t j = 0; j < jobs; ++j) {
+          if (j < value_jobs) {
+            const int64_t per = dim / 32;
+            value_tile(probs(b), vh, dim, b * kAttnKV, width(b), (j / per) * 2, (j % per) * 2, ob.data());
+          } else {
+            const int64_t per = width(sc) / 32, t = j - value_jobs;
+            score_tile(qb.data(), kh, dim, sc * kAttnKV, (t / per) * 2, (t % per) * 2, scores(sc));
+          }
+          softmax_rows(rows * (j + 1) / jobs);
+        }
+        softmax_rows(rows);
+        if (softmax)  // block sm's values go onto outputs scaled to its running max
+          for (int64_t i = 0; i < rows; ++i) {
+            if (alpha[i] == 1.0f) continue;
+            float* orow = &ob[i * dim];
+            const __m512 va = _mm512_set1_ps(alpha[i]);
+            for (int64_t j = 0; j < dim; j += 16)
+              _mm512_storeu_ps(orow + j, _mm512_mul_ps(_mm512_loadu_ps(orow + j), va));
+          }
+      }
+      for (int64_t i = 0; i < rows; ++i) {
+        const int64_t pos = s + i % kAttnQ;
+        if (pos >= n) continue;
+        const __m512 inv = _mm512_set1_ps(1.0f / l[i]);
+        uint16_t* orow = od + ((h * group + i / kAttnQ) * n + pos) * dim;
+        for (int64_t j = 0; j < dim; j += 16)
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(orow + j),
+                              (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_loadu_ps(&ob[i * dim + j]), inv)));
+      }
+    }
+    _tile_release();
+  });
+  return out;
+}
+#else
+bool amx_attention_ready() { return false; }
+
+torch::Tensor causal_attention_amx(const torch::Tensor& q, const torch::Tensor&, const torch::Tensor&, double) {
+  TORCH_CHECK(false, "lbnl's AMX attention kernel was not compiled on this CPU");
+  return q;
+}
+#endif
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("amx_attention_ready", &amx_attention_ready);
+  m.def("causal_attention_amx", &causal_attention_amx);
   m.def("causal_softmax_bf16", &causal_softmax_bf16);
   m.def("causal_softmax_int32", &causal_softmax_int32);
   m.def("quantize_rows_bf16", &quantize_rows_bf16);
@@ -550,6 +812,24 @@ def module() -> Any | None:
 def available() -> bool:
     """Whether the native kernels can run here (builds them on the first call)."""
     return module() is not None
+
+
+def amx_attention_available() -> bool:
+    """Whether :func:`causal_attention_amx` runs here: the kernels were built for a CPU with AMX-BF16 and the OS
+    grants this process AMX tile state (builds the kernels on the first call)."""
+    mod = module()
+    return mod is not None and bool(mod.amx_attention_ready())
+
+
+def causal_attention_amx(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Causal attention of ``n`` new bf16 queries [n, heads, dim] over ``L >= n`` keys and values
+    [kv_heads, L, dim] (the first ``L - n`` a cached prefix), as :func:`lbnl.attention.causal_attention_chunked`
+    takes them, in one pass on AMX tiles: per block of 32 positions of a key/value group's heads, scores of
+    256 keys at a time in float32, an online softmax (running max and sum, probabilities rounded to bf16 for
+    the value product) and the float32 output normalised once at the end. ``dim`` must be a multiple of 32.
+    Returns [n, heads, dim] (a token-layout view of a heads-first tensor)."""
+    n, heads, dim = q.shape
+    return module().causal_attention_amx(q, k, v, scale).view(heads, n, dim).transpose(0, 1)
 
 
 def causal_softmax(scores: torch.Tensor, out: torch.Tensor, base: int, period: int) -> torch.Tensor:

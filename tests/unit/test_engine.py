@@ -189,30 +189,77 @@ def test_chunked_attention_kernel_scores_like_sdpa(tiny_checkpoint: Path, monkey
 
 
 def test_attention_kernel_choice() -> None:
-    from lbnl.hardware import resolve_attention
-    from lbnl.hardware import cpu_has_amx
+    from lbnl import native
+    from lbnl.hardware import cpu_has_amx, resolve_attention
 
     cpu = torch.device("cpu")
     assert resolve_attention("auto", torch.float32, cpu) == "sdpa"
     fast_chunked = cpu_has_fast_bf16() and not cpu_has_amx()
-    assert resolve_attention("auto", torch.bfloat16, cpu) == ("chunked" if fast_chunked else "sdpa")
+    amx = cpu_has_amx() and native.amx_attention_available()
+    assert resolve_attention("auto", torch.bfloat16, cpu, None, 128) == (
+        "chunked" if fast_chunked else "amx" if amx else "sdpa")
     assert resolve_attention("chunked", torch.float32, cpu) == "chunked"
     with pytest.raises(InvalidInputError, match="attention must be one of"):
         resolve_attention("flash", torch.float32, cpu)
 
 
-@pytest.mark.parametrize("amx", [False, True])
+def test_asking_for_the_amx_kernel_where_it_cannot_run_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lbnl import hardware, native
+
+    cpu = torch.device("cpu")
+    with pytest.raises(InvalidInputError, match="bf16 on a CPU .the model is float32 on cpu"):
+        hardware.resolve_attention("amx", torch.float32, cpu, None, 128)
+    with pytest.raises(InvalidInputError, match="multiple of 32 wide .they are 16"):
+        hardware.resolve_attention("amx", torch.bfloat16, cpu, None, 16)
+    monkeypatch.setattr(hardware, "cpu_has_amx", lambda: False)
+    with pytest.raises(InvalidInputError, match="no AMX"):
+        hardware.resolve_attention("amx", torch.bfloat16, cpu, None, 128)
+    monkeypatch.setattr(hardware, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(native, "amx_attention_available", lambda: False)
+    with pytest.raises(InvalidInputError, match="native kernels are not built"):
+        hardware.resolve_attention("amx", torch.bfloat16, cpu, None, 128)
+    monkeypatch.setattr(native, "amx_attention_available", lambda: True)
+    assert hardware.resolve_attention("amx", torch.bfloat16, cpu, None, 128) == "amx"
+
+
+@pytest.mark.skipif(not (cpu_has_fast_bf16() and __import__("lbnl").native.amx_attention_available()),
+                    reason="needs a CPU with AMX-BF16 tiles and lbnl's native kernels")
+def test_amx_attention_kernel_scores_like_sdpa(tmp_path: Path, qwen3_tokenizer_dir: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from lbnl import native
+    from lbnl.testing.checkpoints import build_random_checkpoint
+
+    ckpt = build_random_checkpoint(tmp_path / "ckpt", tokenizer_dir=qwen3_tokenizer_dir, head_dim=32)
+    calls = []
+    kernel_fn = native.causal_attention_amx
+    monkeypatch.setattr(native, "causal_attention_amx", lambda *a: calls.append(a[1].shape[1]) or kernel_fn(*a))
+    queries = ["green tea", "coffee prices", "basket league score"]
+    docs = [make_docs(9, seed=s) for s in range(3)]
+    scores = {}
+    for kernel in ("sdpa", "amx"):
+        rr = Reranker.from_pretrained(ckpt, device="cpu", dtype="bfloat16", block_size=4, fusion=None)
+        rr.model.attention = kernel
+        assert rr.model.attention_kernel == kernel
+        scores[kernel] = np.array([in_input_order(r) for r in rr.rerank_many(queries, docs)])
+        assert bool(calls) == (kernel == "amx"), f"{kernel}: the AMX kernel ran {len(calls)} times"
+    assert any(keys > 200 for keys in calls), "no call attended over a long prompt"
+    np.testing.assert_allclose(scores["amx"], scores["sdpa"], atol=0.01)  # a halved softmax scale: 0.05
+
+
+@pytest.mark.parametrize("amx,amx_kernel", [(False, False), (True, False), (True, True)])
 def test_int8_models_get_int8_attention_where_auto_picks_the_chunked_kernel(monkeypatch: pytest.MonkeyPatch,
-                                                                             amx: bool) -> None:
-    from lbnl import hardware
+                                                                             amx: bool, amx_kernel: bool) -> None:
+    from lbnl import hardware, native
 
     monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: True)
     monkeypatch.setattr(hardware, "cpu_has_amx", lambda: amx)
+    monkeypatch.setattr(native, "amx_attention_available", lambda: amx_kernel)
     cpu = torch.device("cpu")
-    bf16 = "sdpa" if amx else "chunked"
-    assert hardware.resolve_attention("auto", torch.bfloat16, cpu, "int8", 128) == ("sdpa" if amx else "int8")
+    bf16 = ("amx" if amx_kernel else "sdpa") if amx else "chunked"
+    assert hardware.resolve_attention("auto", torch.bfloat16, cpu, "int8", 128) == (bf16 if amx else "int8")
     assert hardware.resolve_attention("auto", torch.bfloat16, cpu, "int8", 64) == bf16   # narrow heads: slower
     assert hardware.resolve_attention("auto", torch.bfloat16, cpu, None, 128) == bf16
+    assert hardware.resolve_attention("auto", torch.bfloat16, cpu, None, 48) == ("sdpa" if amx else "chunked")
     assert hardware.resolve_attention("chunked", torch.bfloat16, cpu, "int8", 128) == "chunked"
     monkeypatch.setattr(hardware, "INT8_MODELS_USE_INT8_ATTENTION", False)
     assert hardware.resolve_attention("auto", torch.bfloat16, cpu, "int8", 128) == bf16

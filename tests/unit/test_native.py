@@ -110,3 +110,62 @@ def test_the_bf16_decoder_rotates_heads_in_one_pass(tiny_checkpoint, monkeypatch
     with torch.inference_mode():
         separate, _, _ = decode(model.backbone, rows)
     assert torch.equal(fused, separate)
+
+
+amx_attention = pytest.mark.skipif(not native.amx_attention_available(),
+                                   reason="needs a CPU with AMX-BF16 tiles and lbnl's native kernels")
+
+
+def _attention_inputs(n: int, start: int, heads: int, kv_heads: int, dim: int, spread: float = 1.0
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(n + 7 * start + dim)
+    q = (torch.randn(n, heads, dim, generator=g) * spread).bfloat16()
+    k = torch.randn(kv_heads, start + n, dim, generator=g).bfloat16()
+    v = torch.randn(kv_heads, start + n, dim, generator=g).bfloat16()
+    return q, k, v
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """torch's attention over the same inputs in ``dtype``: query i at position L - n + i sees keys 0..that."""
+    n, total = q.shape[0], k.shape[1]
+    visible = torch.ones(n, total, dtype=torch.bool).tril(total - n)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q.to(dtype).transpose(0, 1).unsqueeze(0), k.to(dtype).unsqueeze(0), v.to(dtype).unsqueeze(0),
+        attn_mask=visible, scale=q.shape[-1] ** -0.5, enable_gqa=True)
+    return out[0].transpose(0, 1).float()
+
+
+@amx_attention
+@pytest.mark.parametrize("n,start,heads,kv_heads,dim", [
+    (1, 0, 2, 1, 32), (31, 0, 4, 2, 64), (33, 5, 9, 3, 64), (300, 40, 16, 8, 128), (70, 600, 2, 2, 32)])
+def test_causal_attention_amx_is_as_close_to_float32_as_torchs_bf16(n: int, start: int, heads: int, kv_heads: int,
+                                                                     dim: int) -> None:
+    q, k, v = _attention_inputs(n, start, heads, kv_heads, dim)
+    got = native.causal_attention_amx(q, k, v, dim ** -0.5)
+    assert got.shape == (n, heads, dim) and got.dtype == torch.bfloat16
+    want = _attention(q, k, v, torch.float32)
+    err = float((got.float() - want).abs().max())
+    yardstick = float((_attention(q, k, v, torch.bfloat16) - want).abs().max())
+    assert err <= 2 * yardstick + 1e-3, (err, yardstick)
+
+
+@amx_attention
+def test_causal_attention_amx_never_reads_a_later_key() -> None:
+    q, k, v = _attention_inputs(80, 0, 4, 2, 64)
+    before = native.causal_attention_amx(q, k, v, 0.125)
+    k2, v2 = k.clone(), v.clone()
+    k2[:, 50:] = 1e4
+    v2[:, 50:] = -1e4
+    after = native.causal_attention_amx(q, k2, v2, 0.125)
+    assert torch.equal(before[:50], after[:50])  # rows 0-49 see keys 0-49 only: the same bits
+    assert not torch.equal(before[50:], after[50:])
+
+
+@amx_attention
+def test_causal_attention_amx_takes_strided_queries_and_sharp_scores() -> None:
+    q, k, v = _attention_inputs(45, 20, 4, 2, 32, spread=60.0)  # scores in the thousands: one-hot softmax rows
+    strided = q.transpose(0, 1).contiguous().transpose(0, 1)  # the engine's heads-first layout
+    got = native.causal_attention_amx(strided, k, v, 32 ** -0.5)
+    assert torch.equal(got, native.causal_attention_amx(q, k, v, 32 ** -0.5))
+    assert torch.isfinite(got.float()).all()
+    assert float((got.float() - _attention(q, k, v, torch.float32)).abs().max()) <= 0.02

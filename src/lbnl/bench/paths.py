@@ -13,8 +13,8 @@
   dynamic quantization, float32), ``bf16``, ``hf``, ``pointwise``,
   ``compile`` (``torch.compile`` of the fast path's norms and SiLU product), ``mm=int_mm`` or
   ``mm=onednn`` (how int8 matmuls run, :data:`lbnl.int8.MATMUL_BACKENDS`; default: what this CPU uses), ``attn=sdpa``,
-  ``attn=chunked`` or ``attn=int8`` (the fast path's attention kernel; default: what ``auto`` picks on
-  this machine).
+  ``attn=chunked``, ``attn=int8`` or ``attn=amx`` (the fast path's attention kernel; default: what ``auto``
+  picks on this machine).
 - peers, other runtimes on the same backbone forward (:mod:`lbnl.bench.peers`): ``openvino:bf16``,
   ``openvino:f32``, ``onnxruntime:f32``, ``onnxruntime:int8``, ``llamacpp:bf16``, ``llamacpp:q8_0``
   (``--peers`` adds them by family).
@@ -97,7 +97,7 @@ class PathSpec:
                 path.compile = True
             elif key == "mm" and kind == "lbnl" and value in ("int_mm", "onednn"):
                 path.int8_backend = value
-            elif key == "attn" and kind == "lbnl" and value in ("sdpa", "chunked", "int8"):
+            elif key == "attn" and kind == "lbnl" and value in ("sdpa", "chunked", "int8", "amx"):
                 path.attention = value
             elif key == "block" and kind == "lbnl" and value.isdigit() and int(value) > 0:
                 path.block_size = int(value)

@@ -21,9 +21,10 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def measure_peaks(cap_seconds: float = 20.0) -> dict[str, Any]:
+def measure_peaks(cap_seconds: float = 20.0, head_dim: int = 128) -> dict[str, Any]:
     """Best matmul throughput of this machine in TFLOP/s: float32 and bfloat16 (2048^2, or 512^2 when bf16 is
-    emulated, under a time cap) and int8 dynamically quantized linear layers (2048 x 1024 x 3072)."""
+    emulated, under a time cap) and int8 dynamically quantized linear layers (2048 x 1024 x 3072); with the
+    attention kernel ``auto`` picks for bf16 heads ``head_dim`` wide."""
     import torch
 
     from ..hardware import cpu_has_fast_bf16, resolve_attention
@@ -43,7 +44,7 @@ def measure_peaks(cap_seconds: float = 20.0) -> dict[str, Any]:
     out: dict[str, Any] = {"cpu": _cpu_name(), "threads": torch.get_num_threads(),
                            "fast_bf16": bool(cpu_has_fast_bf16()) or torch.cuda.is_available(),
                            "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                           "bf16_attention": resolve_attention("auto", torch.bfloat16, torch.device("cpu"))}
+                           "bf16_attention": resolve_attention("auto", torch.bfloat16, torch.device("cpu"), None, head_dim)}
     with torch.inference_mode():
         n = 2048
         a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)

@@ -337,12 +337,12 @@ def run_bench(model: Path, specs: list[PathSpec], workloads: list[Workload | For
         torch.set_num_threads(threads)
     tuned = tune_allocator()
     torch.manual_seed(0)
-    _log("measuring matmul peaks")
-    peaks = measure_peaks()
-    _log(f"peaks: fp32 {peaks['fp32_tflops']} TFLOP/s, bf16 {peaks['bf16_tflops']} TFLOP/s, "
-         f"int8 linear {peaks['int8_linear_tflops']} TFLOP/s")
     config = AutoConfig.from_pretrained(model)
     shape = DecoderShape.from_config(config)
+    _log("measuring matmul peaks")
+    peaks = measure_peaks(head_dim=shape.head_dim)
+    _log(f"peaks: fp32 {peaks['fp32_tflops']} TFLOP/s, bf16 {peaks['bf16_tflops']} TFLOP/s, "
+         f"int8 linear {peaks['int8_linear_tflops']} TFLOP/s")
     loader = Loader(model, peer_cache=peer_cache, threads=threads or torch.get_num_threads(), log=_log)
     base_rss = rss()
     report: dict[str, Any] = {
@@ -362,7 +362,7 @@ def run_bench(model: Path, specs: list[PathSpec], workloads: list[Workload | For
         if on_workload is not None:
             on_workload(report)
     _log("measuring matmul peaks again")
-    _best_peaks(report, measure_peaks())
+    _best_peaks(report, measure_peaks(head_dim=shape.head_dim))
     report["load_average"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     return report
 
