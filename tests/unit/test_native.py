@@ -163,7 +163,10 @@ def test_causal_attention_amx_never_reads_a_later_key() -> None:
 
 @amx_attention
 def test_causal_attention_amx_takes_strided_queries_and_sharp_scores() -> None:
-    q, k, v = _attention_inputs(45, 20, 4, 2, 32, spread=60.0)  # scores in the thousands: one-hot softmax rows
+    # scores in the thousands (one-hot softmax rows) over three blocks of keys, and a key in the last block
+    # that outscores everything before it: the running max must move late, by far more than 2^8 in probability
+    q, k, v = _attention_inputs(45, 600, 4, 2, 32, spread=60.0)
+    k[:, 560] = 20.0
     strided = q.transpose(0, 1).contiguous().transpose(0, 1)  # the engine's heads-first layout
     got = native.causal_attention_amx(strided, k, v, 32 ** -0.5)
     assert torch.equal(got, native.causal_attention_amx(q, k, v, 32 ** -0.5))

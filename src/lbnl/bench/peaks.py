@@ -44,7 +44,8 @@ def measure_peaks(cap_seconds: float = 20.0, head_dim: int = 128) -> dict[str, A
     out: dict[str, Any] = {"cpu": _cpu_name(), "threads": torch.get_num_threads(),
                            "fast_bf16": bool(cpu_has_fast_bf16()) or torch.cuda.is_available(),
                            "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                           "bf16_attention": resolve_attention("auto", torch.bfloat16, torch.device("cpu"), None, head_dim)}
+                           "bf16_attention": resolve_attention("auto", torch.bfloat16, torch.device("cpu"), None,
+                                                               head_dim)}
     with torch.inference_mode():
         n = 2048
         a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
