@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", default="float32,bfloat16,int8",
                         help="comma-separated: float32, bfloat16 (fast with AMX or AVX512-BF16; bfloat16-sdpa, "
                              "bfloat16-chunked and bfloat16-amx force the attention kernel), int8 (int8 matmuls on "
-                             "bf16, lbnl.int8), int8-attn (the same plus int8 attention scores), int8-dynamic (torch.ao, float32)")
+                             "bf16, lbnl.int8), int8-attn (the same plus int8 attention scores), int8-dynamic "
+                             "(torch.ao, float32)")
     parser.add_argument("--top-k", type=int, default=100, help="BM25 hits reranked per query (default 100)")
     parser.add_argument("--max-doc-length", type=int, default=2048, help="tokens kept per document (default 2048)")
     parser.add_argument("--max-queries", type=int, default=None, help="seeded sample of test queries (default all 300)")

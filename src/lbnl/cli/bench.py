@@ -82,7 +82,8 @@ def register(subparsers: Any) -> None:
                         f"N-token prompt, e.g. T2048) (default {','.join(DEFAULT_WORKLOADS)})")
     p.add_argument("--paths", default=",".join(DEFAULT_PATHS),
                    help="comma-separated paths: " + ", ".join(ALIASES) + ", "
-                        "lbnl:block=N:int8|int8plain|int8dyn:bf16:hf:compile:attn=sdpa|chunked|int8|amx, or a peer: " + ", ".join(f"{f}:{v}" for f, vs in PEERS.items() for v in vs))
+                        "lbnl:block=N:int8|int8plain|int8dyn:bf16:hf:compile:attn=sdpa|chunked|int8|amx, or a peer: "
+                        + ", ".join(f"{f}:{v}" for f, vs in PEERS.items() for v in vs))
     p.add_argument("--peers", default=None,
                    help="add peer runtimes to the paths: comma-separated " + ", ".join(PEERS) + " (every variant), "
                         "FAMILY:VARIANT, or all; a peer whose package is missing is skipped with the reason "
