@@ -800,7 +800,10 @@ def _cpu_flags() -> str:
 def _build() -> Any:
     from torch.utils.cpp_extension import load
 
-    key = hashlib.sha256((_SOURCE + _cpu_flags() + torch.__version__).encode()).hexdigest()[:16]
+    # OpenMP makes at::parallel_for run on torch's threads (without it every kernel here runs on one thread);
+    # the libgomp.so.1 it links is the one torch has already loaded
+    cflags = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
+    key = hashlib.sha256((_SOURCE + _cpu_flags() + torch.__version__ + " ".join(cflags)).encode()).hexdigest()[:16]
     name = f"lbnl_native_{key}"
     root = os.path.join(os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(
         os.path.expanduser("~"), ".cache", "torch_extensions"), name)
@@ -811,7 +814,7 @@ def _build() -> Any:
             f.write(_SOURCE)
         os.replace(source + ".tmp", source)
     return load(name=name, sources=[source], build_directory=root,
-                extra_cflags=["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math"], verbose=False)
+                extra_cflags=cflags, extra_ldflags=["-fopenmp"], verbose=False)
 
 
 def module() -> Any | None:
