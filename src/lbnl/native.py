@@ -11,7 +11,8 @@ product (:mod:`lbnl.engine`), are here too: one pass each, vectorised for AVX-51
 causal attention runs here as a flash-attention loop on AMX tiles (:func:`causal_attention_amx`).
 
 Built with ``torch.utils.cpp_extension`` (a C++ compiler and ninja; about a minute once, then cached
-under torch's extensions directory, keyed by the source and this CPU's flags). When the build fails, or
+under torch's extensions directory, keyed by the source, the compiler flags and this CPU's flags), with
+OpenMP so the kernels split their rows over torch's threads (on one thread where the compiler lacks it). When the build fails, or
 with ``LBNL_NATIVE=0``, :func:`available` is false and callers use torch's own operations.
 """
 
@@ -797,12 +798,24 @@ def _cpu_flags() -> str:
     return ""
 
 
+#: Compiler flags of the kernels; OpenMP makes ``at::parallel_for`` run on torch's threads (without it every
+#: kernel here runs on one thread), and the ``libgomp.so.1`` it links is the copy torch has already loaded.
+_CFLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math")
+_OPENMP = ("-fopenmp",)
+
+
 def _build() -> Any:
+    """Compile (or load the cached build of) the kernels with OpenMP, or without it where the compiler lacks it."""
+    try:
+        return _compile(_OPENMP)
+    except Exception:  # noqa: BLE001 - a compiler without OpenMP: the same kernels on one thread
+        return _compile(())
+
+
+def _compile(openmp: tuple[str, ...]) -> Any:
     from torch.utils.cpp_extension import load
 
-    # OpenMP makes at::parallel_for run on torch's threads (without it every kernel here runs on one thread);
-    # the libgomp.so.1 it links is the one torch has already loaded
-    cflags = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
+    cflags = list(_CFLAGS + openmp)
     key = hashlib.sha256((_SOURCE + _cpu_flags() + torch.__version__ + " ".join(cflags)).encode()).hexdigest()[:16]
     name = f"lbnl_native_{key}"
     root = os.path.join(os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(
@@ -813,8 +826,8 @@ def _build() -> Any:
         with open(source + ".tmp", "w", encoding="utf-8") as f:
             f.write(_SOURCE)
         os.replace(source + ".tmp", source)
-    return load(name=name, sources=[source], build_directory=root,
-                extra_cflags=cflags, extra_ldflags=["-fopenmp"], verbose=False)
+    return load(name=name, sources=[source], build_directory=root, extra_cflags=cflags,
+                extra_ldflags=list(openmp), verbose=False)
 
 
 def module() -> Any | None:
