@@ -859,7 +859,7 @@ def amx_attention_available() -> bool:
 def causal_attention_amx(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
     """Causal attention of ``n`` new bf16 queries [n, heads, dim] over ``L >= n`` keys and values
     [kv_heads, L, dim] (the first ``L - n`` a cached prefix), as :func:`lbnl.attention.causal_attention_chunked`
-    takes them, in one pass on AMX tiles: per block of 32 positions of a key/value group's heads, scores of
+    takes them, in one pass on AMX tiles: per block of 64 positions of a key/value group's heads, scores of
     256 keys at a time in float32, an online softmax (running max and sum, probabilities rounded to bf16 for
     the value product) and the float32 output normalised once at the end. ``dim`` must be a multiple of 32.
     Returns [n, heads, dim] (a token-layout view of a heads-first tensor)."""

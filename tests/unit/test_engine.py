@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from lbnl import CheckpointError, InvalidInputError, Reranker
+from lbnl import CheckpointError, InvalidInputError, Reranker, native
 from lbnl.hardware import cpu_has_fast_bf16, fastest_weights, quantize_int8_dynamic
 from lbnl.checkpoints import load_checkpoint
 from lbnl.prompt import build_prompt
@@ -189,7 +189,6 @@ def test_chunked_attention_kernel_scores_like_sdpa(tiny_checkpoint: Path, monkey
 
 
 def test_attention_kernel_choice() -> None:
-    from lbnl import native
     from lbnl.hardware import cpu_has_amx, resolve_attention
 
     cpu = torch.device("cpu")
@@ -204,7 +203,7 @@ def test_attention_kernel_choice() -> None:
 
 
 def test_asking_for_the_amx_kernel_where_it_cannot_run_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
-    from lbnl import hardware, native
+    from lbnl import hardware
 
     cpu = torch.device("cpu")
     with pytest.raises(InvalidInputError, match="bf16 on a CPU .the model is float32 on cpu"):
@@ -222,11 +221,9 @@ def test_asking_for_the_amx_kernel_where_it_cannot_run_says_why(monkeypatch: pyt
     assert hardware.resolve_attention("amx", torch.bfloat16, cpu, None, 128) == "amx"
 
 
-@pytest.mark.skipif(not (cpu_has_fast_bf16() and __import__("lbnl").native.amx_attention_available()),
-                    reason="needs a CPU with AMX-BF16 tiles and lbnl's native kernels")
+@pytest.mark.skipif(not native.amx_attention_available(), reason="needs a CPU with AMX-BF16 tiles and lbnl's native kernels")
 def test_amx_attention_kernel_scores_like_sdpa(tmp_path: Path, qwen3_tokenizer_dir: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from lbnl import native
     from lbnl.testing.checkpoints import build_random_checkpoint
 
     ckpt = build_random_checkpoint(tmp_path / "ckpt", tokenizer_dir=qwen3_tokenizer_dir, head_dim=32)
@@ -249,7 +246,7 @@ def test_amx_attention_kernel_scores_like_sdpa(tmp_path: Path, qwen3_tokenizer_d
 @pytest.mark.parametrize("amx,amx_kernel", [(False, False), (True, False), (True, True)])
 def test_int8_models_get_int8_attention_where_auto_picks_the_chunked_kernel(monkeypatch: pytest.MonkeyPatch,
                                                                              amx: bool, amx_kernel: bool) -> None:
-    from lbnl import hardware, native
+    from lbnl import hardware
 
     monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: True)
     monkeypatch.setattr(hardware, "cpu_has_amx", lambda: amx)
