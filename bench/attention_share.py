@@ -1,13 +1,14 @@
-"""Where a rerank call's time goes: the attention kernel's share, timed inside the call.
+"""Where a rerank call's time goes: attention's share, and the other kernels', timed inside the call.
 
     python bench/attention_share.py [--model PATH | --shape qwen3-0.6b] [--workload 1x20x256]
                                     [--attention amx,sdpa] [--data $SCIFACT] [--threads 1]
 
 For each attention kernel (``LBNLModel.attention``), runs the workload's rerank call once to warm up and then
 twice, timing every call of the kernel inside the call (the per-layer causal attention, and torch's SDPA where
-the fast path keeps it, e.g. the last layer's few read positions). Prints the best call's total seconds, the
-attention seconds and their TFLOP/s (query-key and value products over the visible pairs), and the rest of the
-call (linear layers, norms, residual adds, the prompt's shared head). The same workload text as ``lbnl bench``.
+the fast path keeps it, e.g. the last layer's few read positions), of the linear layers and of the native
+norm, rotation and SiLU-product kernels. Prints the best call's total seconds, the attention seconds and their
+TFLOP/s (query-key and value products over the visible pairs), the other kernels' seconds, and what is left
+(residual adds, concatenations, the prompt's shared head, Python). The same workload text as ``lbnl bench``.
 """
 
 from __future__ import annotations
@@ -63,6 +64,11 @@ def main() -> None:
     kernels.causal_attention_chunked = _timed(seconds, pairs, "chunked", kernels.causal_attention_chunked, token_layout)
     F = torch.nn.functional
     F.scaled_dot_product_attention = _timed(seconds, pairs, "sdpa", F.scaled_dot_product_attention, torch_layout)
+    others: dict[str, float] = defaultdict(float)
+    no_pairs = lambda *args: (0, 0, 0)  # noqa: E731
+    F.linear = _timed(others, defaultdict(float), "linear", F.linear, no_pairs)
+    for name in ("rms_norm", "norm_rotate", "silu_mul"):
+        setattr(native, name, _timed(others, defaultdict(float), name, getattr(native, name), no_pairs))
     for kernel in [k.strip() for k in args.attention.split(",") if k.strip()]:
         reranker = Reranker.from_pretrained(model, device="cpu", dtype="bfloat16", fusion=None)
         reranker.model.attention = kernel
@@ -73,17 +79,19 @@ def main() -> None:
         call()
         best: tuple[float, dict[str, float], dict[str, float]] | None = None
         for _ in range(2):
-            seconds.clear()
-            pairs.clear()
+            for table in (seconds, pairs, others):
+                table.clear()
             start = time.perf_counter()
             call()
             total = time.perf_counter() - start
             if best is None or total < best[0]:
-                best = (total, dict(seconds), dict(pairs))
-        total, spent, seen = best
+                best = (total, dict(seconds), dict(pairs), dict(others))
+        total, spent, seen, other = best
         parts = ", ".join(f"{name} {s:.2f} s ({4 * dim * seen[name] / s / 1e12:.2f} TFLOP/s)"
                           for name, s in sorted(spent.items()))
-        print(f"{kernel:8s} call {total:.2f} s; attention: {parts}; the rest {total - sum(spent.values()):.2f} s")
+        rest = ", ".join(f"{name} {s:.2f} s" for name, s in sorted(other.items()))
+        left = total - sum(spent.values()) - sum(other.values())
+        print(f"{kernel:8s} call {total:.2f} s; attention: {parts}; {rest}; the rest {left:.2f} s")
 
 
 if __name__ == "__main__":
