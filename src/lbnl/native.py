@@ -12,8 +12,9 @@ causal attention runs here as a flash-attention loop on AMX tiles (:func:`causal
 
 Built with ``torch.utils.cpp_extension`` (a C++ compiler and ninja; about a minute once, then cached
 under torch's extensions directory, keyed by the source, the compiler flags and this CPU's flags), with
-OpenMP so the kernels split their rows over torch's threads (on one thread where the compiler lacks it). When the build fails, or
-with ``LBNL_NATIVE=0``, :func:`available` is false and callers use torch's own operations.
+OpenMP so the kernels split their rows over torch's threads (on one thread where the compiler lacks
+it). When the build fails, or with ``LBNL_NATIVE=0``, :func:`available` is false and callers use torch's
+own operations.
 """
 
 from __future__ import annotations
@@ -605,47 +606,54 @@ inline void value_tile(const uint16_t* pb, const uint32_t* vh, int64_t dim, int6
   store_2x2(o, dim);
 }
 
+// 2^((s - mx) c) of one row's block of scores as bf16 probabilities in pr (0 past `visible`): returns their sum,
+// and the block's largest visible score in `top`.
+inline float exponentiate_row(const float* sr, int64_t visible, int64_t width, float c, float mx, uint16_t* pr,
+                              float& top) {
+  const __m512 vc = _mm512_set1_ps(c), off = _mm512_set1_ps(mx * c);
+  __m512 vs = _mm512_setzero_ps(), vm = _mm512_set1_ps(-INFINITY);
+  for (int64_t j = 0; j < width; j += 16) {
+    const __mmask16 keep = first_lanes(visible - j);
+    const __m512 x = _mm512_loadu_ps(sr + j);
+    vm = _mm512_mask_max_ps(vm, keep, vm, x);
+    __m512 e = exp2x16_masked(_mm512_fmsub_ps(x, vc, off), keep);
+    vs = _mm512_add_ps(vs, e);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(pr + j), (__m256i)_mm512_cvtneps_pbh(e));
+  }
+  top = _mm512_reduce_max_ps(vm);
+  return _mm512_reduce_add_ps(vs);
+}
+
 // The online softmax of one row's block of scores: updates its running max m and sum l, returns the factor its
 // output accumulator must be scaled by, and writes the block's unnormalised probabilities (bf16, 0 past
 // `visible`). Once a row has a max, a block is first exponentiated against it in one pass, and kept unless one
 // of its scores exceeds it by so much that a probability would pass 2^8 (rare after the first blocks): then
-// the max moves, as in the first block, with a pass for the block's max and one for the exponentials.
+// the max moves to that score and the block is exponentiated again. A row's first block needs a pass for its
+// max first.
 inline float softmax_block_row(const float* sr, int64_t visible, int64_t width, float c, float& m, float& l,
                                uint16_t* pr) {
   if (visible <= 0) {
     std::memset(pr, 0, width * 2);
     return 1.0f;
   }
-  const __m512 vc = _mm512_set1_ps(c);
-  if (m != -INFINITY) {  // one pass against the running max, kept while no score passes it by 2^8 in probability
-    const __m512 off = _mm512_set1_ps(m * c);
-    __m512 vs = _mm512_setzero_ps(), vm = _mm512_set1_ps(-INFINITY);
-    for (int64_t j = 0; j < width; j += 16) {
-      const __mmask16 keep = first_lanes(visible - j);
-      const __m512 x = _mm512_loadu_ps(sr + j);
-      vm = _mm512_mask_max_ps(vm, keep, vm, x);
-      __m512 e = exp2x16_masked(_mm512_fmsub_ps(x, vc, off), keep);
-      vs = _mm512_add_ps(vs, e);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(pr + j), (__m256i)_mm512_cvtneps_pbh(e));
-    }
-    if ((_mm512_reduce_max_ps(vm) - m) * c <= 8.0f) {
-      l += _mm512_reduce_add_ps(vs);
+  float top;
+  if (m != -INFINITY) {
+    const float sum = exponentiate_row(sr, visible, width, c, m, pr, top);
+    if ((top - m) * c <= 8.0f) {
+      l += sum;
       return 1.0f;
     }
+  } else {
+    __m512 vm = _mm512_set1_ps(-INFINITY);
+    for (int64_t j = 0; j < visible; j += 16)
+      vm = _mm512_max_ps(vm, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), first_lanes(visible - j), sr + j));
+    top = _mm512_reduce_max_ps(vm);
   }
-  __m512 vm = _mm512_set1_ps(-INFINITY);
-  for (int64_t j = 0; j < visible; j += 16)
-    vm = _mm512_max_ps(vm, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), first_lanes(visible - j), sr + j));
-  const float mn = std::max(m, _mm512_reduce_max_ps(vm));
-  const __m512 off = _mm512_set1_ps(mn * c);
-  __m512 vs = _mm512_setzero_ps();
-  for (int64_t j = 0; j < width; j += 16) {
-    __m512 e = exp2x16_masked(_mm512_fmsub_ps(_mm512_loadu_ps(sr + j), vc, off), first_lanes(visible - j));
-    vs = _mm512_add_ps(vs, e);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(pr + j), (__m256i)_mm512_cvtneps_pbh(e));
-  }
+  const float mn = std::max(m, top);
+  float again;
+  const float sum = exponentiate_row(sr, visible, width, c, mn, pr, again);
   const float alpha = m == -INFINITY ? 0.0f : std::exp2((m - mn) * c);
-  l = l * alpha + _mm512_reduce_add_ps(vs);
+  l = l * alpha + sum;
   m = mn;
   return alpha;
 }
