@@ -251,9 +251,12 @@ def decode(
                 continue
             if attention in ("chunked", "int8", "amx"):  # kernels taking [n, heads, dim] and [kv_heads, L, dim]
                 rows_q = q[0, :, bounds[r]:bounds[r + 1]].transpose(0, 1)
-                kernel = {"chunked": attention_kernels.causal_attention_chunked, "int8": int8.causal_attention_int8,
-                          "amx": native.causal_attention_amx}[attention]
-                chunked = kernel(rows_q, ks[0].contiguous(), vs[0].contiguous(), attn.scaling)
+                if attention == "amx":  # takes the heads-first views as they are; returns token-major rows
+                    chunked = native.causal_attention_amx(rows_q, ks[0], vs[0], attn.scaling)
+                else:
+                    kernel = {"chunked": attention_kernels.causal_attention_chunked,
+                              "int8": int8.causal_attention_int8}[attention]
+                    chunked = kernel(rows_q, ks[0].contiguous(), vs[0].contiguous(), attn.scaling)
                 outs.append(chunked.transpose(0, 1).unsqueeze(0))
                 continue
             qs = q[:, :, bounds[r]:bounds[r + 1]]

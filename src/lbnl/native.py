@@ -497,19 +497,6 @@ torch::Tensor norm_rotate_bf16(const torch::Tensor& x, const torch::Tensor& weig
 
 // ---- causal attention on AMX tiles (flash attention: scores never leave the core's caches) ----
 #ifdef LBNL_AMX
-// 2^t at bf16 accuracy: n = round(t), 2^(t - n) by a degree-4 Taylor polynomial (relative error under 5e-5
-// on [-0.5, 0.5], against bf16's 4e-3), times 2^n by scalef, which flushes very negative t to 0; lanes outside
-// `keep` are 0.
-inline __m512 exp2x16_masked(__m512 t, __mmask16 keep) {
-  __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 f = _mm512_sub_ps(t, n);
-  __m512 p = _mm512_fmadd_ps(f, _mm512_set1_ps(kC4), _mm512_set1_ps(kC3));
-  p = _mm512_fmadd_ps(f, p, _mm512_set1_ps(kC2));
-  p = _mm512_fmadd_ps(f, p, _mm512_set1_ps(kC1));
-  p = _mm512_fmadd_ps(f, p, _mm512_set1_ps(1.0f));
-  return _mm512_maskz_scalef_ps(keep, p, n);
-}
-
 inline __mmask16 first_lanes(int64_t count) {  // the first min(16, max(0, count)) lanes
   return count >= 16 ? static_cast<__mmask16>(0xFFFF) : count <= 0 ? 0 : static_cast<__mmask16>((1u << count) - 1);
 }
@@ -529,10 +516,11 @@ constexpr int64_t kAttnQ = 64;    // query positions per block (times the heads 
 constexpr int64_t kAttnKV = 256;  // keys per block
 
 // Keys as the B operand of Q K^T: per 16 keys and 32 dims a tile of 16 dim pairs (rows) by 16 keys, i.e. a
-// 16x16 transpose of 32-bit dim pairs, gathered a row at a time; keys past L are zeros.
-void pack_keys(const uint16_t* k, int64_t L, int64_t dim, int64_t padded, uint32_t* out) {
+// 16x16 transpose of 32-bit dim pairs, gathered a row at a time; keys past L are zeros. Key i's dims start at
+// k + i * stride (an even stride).
+void pack_keys(const uint16_t* k, int64_t L, int64_t dim, int64_t stride, int64_t padded, uint32_t* out) {
   const int32_t* k32 = reinterpret_cast<const int32_t*>(k);
-  const int64_t chunks = dim / 32, half = dim / 2;
+  const int64_t chunks = dim / 32, half = stride / 2;
   const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                           _mm512_set1_epi32(static_cast<int32_t>(half)));
   for (int64_t kt = 0; kt < padded / 16; ++kt) {
@@ -547,12 +535,13 @@ void pack_keys(const uint16_t* k, int64_t L, int64_t dim, int64_t padded, uint32
 }
 
 // Values as the B operand of P V: per 32 keys and 16 dims a tile of 16 key pairs (rows) by 16 dims, each
-// element the two keys' bf16 values side by side; keys past L are zeros (their probabilities are 0 too).
-void pack_values(const uint16_t* v, int64_t L, int64_t dim, int64_t padded, uint32_t* out) {
+// element the two keys' bf16 values side by side; keys past L are zeros (their probabilities are 0 too). Key
+// i's values start at v + i * stride.
+void pack_values(const uint16_t* v, int64_t L, int64_t dim, int64_t stride, int64_t padded, uint32_t* out) {
   const int64_t chunks = dim / 16;
   auto row16 = [&](int64_t key, int64_t c) {
-    return key < L ? _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + key * dim + c * 16)))
-                   : _mm512_setzero_si512();
+    if (key >= L) return _mm512_setzero_si512();
+    return _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + key * stride + c * 16)));
   };
   for (int64_t kc = 0; kc < padded / 32; ++kc)
     for (int64_t c = 0; c < chunks; ++c) {
@@ -574,9 +563,11 @@ inline void store_2x2(float* c, int64_t ld) {  // ld in floats
   _tile_stored(2, c + 16 * ld, ld * 4); _tile_stored(3, c + 16 * ld + 16, ld * 4);
 }
 
-// One 32x32 block of scores, S[rt*16 .. +32, kt*16 .. +32) = Q K^T over keys from kb (packed keys `kh`).
+// One 32x32 block of scores, S[rt*16 .. +32, kt*16 .. +32) = Q K^T over keys from kb (packed keys `kh`);
+// `between()` runs after each of its four tile products (the vector work that overlaps them).
+template <typename F>
 inline void score_tile(const uint16_t* qb, const uint32_t* kh, int64_t dim, int64_t kb, int64_t rt, int64_t kt,
-                       float* sb) {
+                       float* sb, F&& between) {
   const int64_t chunks = dim / 32;
   _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
   for (int64_t c = 0; c < chunks; ++c) {
@@ -585,13 +576,16 @@ inline void score_tile(const uint16_t* qb, const uint32_t* kh, int64_t dim, int6
     _tile_loadd(6, kh + ((kb / 16 + kt) * chunks + c) * 256, 64);
     _tile_loadd(7, kh + ((kb / 16 + kt + 1) * chunks + c) * 256, 64);
     dot_2x2();
+    between();
   }
   store_2x2(sb + rt * 16 * kAttnKV + kt * 16, kAttnKV);
 }
 
-// One 32x32 block of the output, O[rt*16 .. +32, dc*16 .. +32) += P V over `width` keys from kb (packed `vh`).
+// One 32x32 block of the output, O[rt*16 .. +32, dc*16 .. +32) += P V over `width` keys from kb (packed `vh`);
+// `between()` as for score_tile.
+template <typename F>
 inline void value_tile(const uint16_t* pb, const uint32_t* vh, int64_t dim, int64_t kb, int64_t width, int64_t rt,
-                       int64_t dc, float* ob) {
+                       int64_t dc, float* ob, F&& between) {
   const int64_t chunks = dim / 16;
   float* o = ob + rt * 16 * dim + dc * 16;
   _tile_loadd(0, o, dim * 4); _tile_loadd(1, o + 16, dim * 4);
@@ -602,56 +596,80 @@ inline void value_tile(const uint16_t* pb, const uint32_t* vh, int64_t dim, int6
     _tile_loadd(6, vh + ((kb / 32 + kc) * chunks + dc) * 256, 64);
     _tile_loadd(7, vh + ((kb / 32 + kc) * chunks + dc + 1) * 256, 64);
     dot_2x2();
+    between();
   }
   store_2x2(o, dim);
 }
 
-// 2^((s - mx) c) of one row's block of scores as bf16 probabilities in pr (0 past `visible`): returns their sum,
-// and the block's largest visible score in `top`.
-inline float exponentiate_row(const float* sr, int64_t visible, int64_t width, float c, float mx, uint16_t* pr,
-                              float& top) {
+// 2^t at bf16 accuracy with no rounding step: f = t - floor(t) in [0, 1) (vreduceps), 2^f by a degree-4 minimax
+// polynomial (relative error 2.7e-6, against bf16's 4e-3), times 2^floor(t) by scalef (which floors its exponent
+// itself and flushes very negative t to 0).
+constexpr float kM0 = 1.0000026f, kM1 = 0.69300383f, kM2 = 0.2414428f, kM3 = 0.05201148f, kM4 = 0.01353412f;
+inline __m512 exp2x16(__m512 t) {
+  const __m512 f = _mm512_reduce_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  __m512 p = _mm512_fmadd_ps(f, _mm512_set1_ps(kM4), _mm512_set1_ps(kM3));
+  p = _mm512_fmadd_ps(f, p, _mm512_set1_ps(kM2));
+  p = _mm512_fmadd_ps(f, p, _mm512_set1_ps(kM1));
+  p = _mm512_fmadd_ps(f, p, _mm512_set1_ps(kM0));
+  return _mm512_scalef_ps(p, t);
+}
+
+// 2^((s - mx) c) of one row's block of scores as bf16 probabilities in pr (0 from `visible` to `width`, a multiple
+// of 32): returns their float32 sum. Full vectors unmasked, two at a time (one bf16 conversion per 32).
+inline float exponentiate_row(const float* sr, int64_t visible, int64_t width, float c, float mx, uint16_t* pr) {
   const __m512 vc = _mm512_set1_ps(c), off = _mm512_set1_ps(mx * c);
-  __m512 vs = _mm512_setzero_ps(), vm = _mm512_set1_ps(-INFINITY);
-  for (int64_t j = 0; j < width; j += 16) {
-    const __mmask16 keep = first_lanes(visible - j);
-    const __m512 x = _mm512_loadu_ps(sr + j);
-    vm = _mm512_mask_max_ps(vm, keep, vm, x);
-    __m512 e = exp2x16_masked(_mm512_fmsub_ps(x, vc, off), keep);
-    vs = _mm512_add_ps(vs, e);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(pr + j), (__m256i)_mm512_cvtneps_pbh(e));
+  __m512 vs = _mm512_setzero_ps();
+  int64_t j = 0;
+  for (; j + 32 <= visible; j += 32) {
+    const __m512 a = exp2x16(_mm512_fmsub_ps(_mm512_loadu_ps(sr + j), vc, off));
+    const __m512 b = exp2x16(_mm512_fmsub_ps(_mm512_loadu_ps(sr + j + 16), vc, off));
+    vs = _mm512_add_ps(vs, _mm512_add_ps(a, b));
+    _mm512_storeu_si512(pr + j, (__m512i)_mm512_cvtne2ps_pbh(b, a));
   }
-  top = _mm512_reduce_max_ps(vm);
+  if (j < visible) {  // the last visible keys; lanes past them are 0
+    auto part = [&](int64_t at, __mmask16 keep) {
+      return _mm512_maskz_mov_ps(keep, exp2x16(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(keep, sr + at), vc, off)));
+    };
+    const __m512 a = part(j, first_lanes(visible - j)), b = part(j + 16, first_lanes(visible - j - 16));
+    vs = _mm512_add_ps(vs, _mm512_add_ps(a, b));
+    _mm512_storeu_si512(pr + j, (__m512i)_mm512_cvtne2ps_pbh(b, a));
+    j += 32;
+  }
+  for (; j < width; j += 32) _mm512_storeu_si512(pr + j, _mm512_setzero_si512());
   return _mm512_reduce_add_ps(vs);
 }
 
+inline float row_max(const float* sr, int64_t visible) {
+  __m512 vm = _mm512_set1_ps(-INFINITY);
+  for (int64_t j = 0; j < visible; j += 16)
+    vm = _mm512_max_ps(vm, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), first_lanes(visible - j), sr + j));
+  return _mm512_reduce_max_ps(vm);
+}
+
+// A block is kept against a stale running max while its probabilities sum to at most this: no probability, and so
+// no accumulator, can grow past it (bf16 and float32 keep their relative precision at any such size).
+constexpr float kStaleSum = 65536.0f;
+
 // The online softmax of one row's block of scores: updates its running max m and sum l, returns the factor its
 // output accumulator must be scaled by, and writes the block's unnormalised probabilities (bf16, 0 past
-// `visible`). Once a row has a max, a block is first exponentiated against it in one pass, and kept unless one
-// of its scores exceeds it by so much that a probability would pass 2^8 (rare after the first blocks): then
-// the max moves to that score and the block is exponentiated again. A row's first block needs a pass for its
-// max first.
+// `visible`). Once a row has a max, a block is exponentiated against it in one pass and kept unless its
+// probabilities sum past kStaleSum (a score far above the max, rare after the first blocks): then the max moves
+// to the block's and the block is exponentiated again. A row's first block needs a pass for its max first.
 inline float softmax_block_row(const float* sr, int64_t visible, int64_t width, float c, float& m, float& l,
                                uint16_t* pr) {
   if (visible <= 0) {
     std::memset(pr, 0, width * 2);
     return 1.0f;
   }
-  float top;
   if (m != -INFINITY) {
-    const float sum = exponentiate_row(sr, visible, width, c, m, pr, top);
-    if ((top - m) * c <= 8.0f) {
+    const float sum = exponentiate_row(sr, visible, width, c, m, pr);
+    if (sum <= kStaleSum) {
       l += sum;
       return 1.0f;
     }
-  } else {
-    __m512 vm = _mm512_set1_ps(-INFINITY);
-    for (int64_t j = 0; j < visible; j += 16)
-      vm = _mm512_max_ps(vm, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), first_lanes(visible - j), sr + j));
-    top = _mm512_reduce_max_ps(vm);
   }
-  const float mn = std::max(m, top);
-  float again;
-  const float sum = exponentiate_row(sr, visible, width, c, mn, pr, again);
+  const float mn = std::max(m, row_max(sr, visible));
+  const float sum = exponentiate_row(sr, visible, width, c, mn, pr);
   const float alpha = m == -INFINITY ? 0.0f : std::exp2((m - mn) * c);
   l = l * alpha + sum;
   m = mn;
@@ -663,8 +681,9 @@ torch::Tensor causal_attention_amx(const torch::Tensor& q, const torch::Tensor& 
   TORCH_CHECK(amx_attention_ready(), "the OS does not let this process use AMX tiles");
   TORCH_CHECK(q.scalar_type() == torch::kBFloat16 && k.scalar_type() == torch::kBFloat16 &&
               v.scalar_type() == torch::kBFloat16, "bf16 only");
-  TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3 && q.stride(2) == 1 && k.is_contiguous() &&
-              v.is_contiguous(), "q [n, heads, dim] with contiguous heads, k and v contiguous [kv_heads, L, dim]");
+  TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3 && q.stride(2) == 1 && k.stride(2) == 1 &&
+              v.stride(2) == 1 && k.stride(1) % 2 == 0, "q [n, heads, dim], k and v [kv_heads, L, dim], each "
+              "head's dims contiguous");
   const int64_t n = q.size(0), heads = q.size(1), dim = q.size(2), kv_heads = k.size(0), L = k.size(1);
   TORCH_CHECK(dim % 32 == 0 && k.size(2) == dim && v.sizes() == k.sizes(), "head size a multiple of 32");
   TORCH_CHECK(kv_heads > 0 && heads % kv_heads == 0 && L >= n, "grouped heads and L >= n keys");
@@ -678,11 +697,11 @@ torch::Tensor causal_attention_amx(const torch::Tensor& q, const torch::Tensor& 
   uint32_t* vpd = reinterpret_cast<uint32_t*>(vp.data_ptr());
   at::parallel_for(0, kv_heads, 1, [&](int64_t begin, int64_t end) {
     for (int64_t h = begin; h < end; ++h) {
-      pack_keys(kd + h * L * dim, L, dim, padded, kpd + h * packed);
-      pack_values(vd + h * L * dim, L, dim, padded, vpd + h * packed);
+      pack_keys(kd + h * k.stride(0), L, dim, k.stride(1), padded, kpd + h * packed);
+      pack_values(vd + h * v.stride(0), L, dim, v.stride(1), padded, vpd + h * packed);
     }
   });
-  auto out = torch::empty({kv_heads, group, n, dim}, q.options());
+  auto out = torch::empty({n, heads, dim}, q.options());
   if (n == 0) return out;
   const uint16_t* qd = reinterpret_cast<const uint16_t*>(q.data_ptr());
   uint16_t* od = reinterpret_cast<uint16_t*>(out.data_ptr());
@@ -700,7 +719,10 @@ torch::Tensor causal_attention_amx(const torch::Tensor& q, const torch::Tensor& 
     std::vector<uint16_t> qb(rows * dim), pb(2 * rows * kAttnKV);
     std::vector<float> sb(2 * rows * kAttnKV), ob(rows * dim), m(rows), l(rows), alpha(rows);
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t h = item / blocks, s = (item % blocks) * kAttnQ;
+      // within a head, light and heavy blocks alternate (the first, the last, the second, ...), so that the
+      // threads' contiguous ranges of items carry equal work
+      const int64_t h = item / blocks, pair = item % blocks;
+      const int64_t s = (pair % 2 == 0 ? pair / 2 : blocks - 1 - pair / 2) * kAttnQ;
       for (int64_t i = 0; i < rows; ++i) {  // row i: head h * group + i / kAttnQ at position s + i % kAttnQ
         const int64_t pos = s + i % kAttnQ;
         if (pos < n) std::memcpy(&qb[i * dim], qd + pos * qs0 + (h * group + i / kAttnQ) * qs1, dim * 2);
@@ -732,15 +754,18 @@ torch::Tensor causal_attention_amx(const torch::Tensor& q, const torch::Tensor& 
                                            probs(sm) + row * kAttnKV);
           }
         };
+        // the softmax rows are spread over the tile products: a few rows after each group of four products
+        const int64_t products = value_jobs * (b >= 0 ? width(b) / 32 : 0) + score_jobs * (dim / 32);
+        int64_t done = 0;
+        auto between = [&]() { softmax_rows(rows * ++done / products); };
         for (int64_t j = 0; j < jobs; ++j) {
           if (j < value_jobs) {
             const int64_t per = dim / 32;
-            value_tile(probs(b), vh, dim, b * kAttnKV, width(b), (j / per) * 2, (j % per) * 2, ob.data());
+            value_tile(probs(b), vh, dim, b * kAttnKV, width(b), (j / per) * 2, (j % per) * 2, ob.data(), between);
           } else {
             const int64_t per = width(sc) / 32, t = j - value_jobs;
-            score_tile(qb.data(), kh, dim, sc * kAttnKV, (t / per) * 2, (t % per) * 2, scores(sc));
+            score_tile(qb.data(), kh, dim, sc * kAttnKV, (t / per) * 2, (t % per) * 2, scores(sc), between);
           }
-          softmax_rows(rows * (j + 1) / jobs);
         }
         softmax_rows(rows);
         if (softmax)  // block sm's values go onto outputs scaled to its running max
@@ -756,7 +781,7 @@ torch::Tensor causal_attention_amx(const torch::Tensor& q, const torch::Tensor& 
         const int64_t pos = s + i % kAttnQ;
         if (pos >= n) continue;
         const __m512 inv = _mm512_set1_ps(1.0f / l[i]);
-        uint16_t* orow = od + ((h * group + i / kAttnQ) * n + pos) * dim;
+        uint16_t* orow = od + (pos * heads + h * group + i / kAttnQ) * dim;
         for (int64_t j = 0; j < dim; j += 16)
           _mm256_storeu_si256(reinterpret_cast<__m256i*>(orow + j),
                               (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_loadu_ps(&ob[i * dim + j]), inv)));
@@ -869,10 +894,11 @@ def causal_attention_amx(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scal
     [kv_heads, L, dim] (the first ``L - n`` a cached prefix), as :func:`lbnl.attention.causal_attention_chunked`
     takes them, in one pass on AMX tiles: per block of 64 positions of a key/value group's heads, scores of
     256 keys at a time in float32, an online softmax (running max and sum, probabilities rounded to bf16 for
-    the value product) and the float32 output normalised once at the end. ``dim`` must be a multiple of 32.
-    Returns [n, heads, dim] (a token-layout view of a heads-first tensor)."""
-    n, heads, dim = q.shape
-    return module().causal_attention_amx(q, k, v, scale).view(heads, n, dim).transpose(0, 1)
+    the value product) and the float32 output normalised once at the end. ``dim`` must be a multiple of 32;
+    ``k`` and ``v`` may be views (each head's dims contiguous, e.g. heads-first views of token-major
+    projections), so no copy is made. Returns a contiguous [n, heads, dim]: token-major, as the output
+    projection takes it."""
+    return module().causal_attention_amx(q, k, v, scale)
 
 
 def causal_softmax(scores: torch.Tensor, out: torch.Tensor, base: int, period: int) -> torch.Tensor:

@@ -170,5 +170,27 @@ def test_causal_attention_amx_takes_strided_queries_and_sharp_scores() -> None:
     strided = q.transpose(0, 1).contiguous().transpose(0, 1)  # the engine's heads-first layout
     got = native.causal_attention_amx(strided, k, v, 32 ** -0.5)
     assert torch.equal(got, native.causal_attention_amx(q, k, v, 32 ** -0.5))
+    assert got.is_contiguous()  # token-major rows, as the output projection takes them
+    # keys and values as heads-first views of token-major projections (the engine's, uncopied)
+    k_view, v_view = (t.transpose(0, 1).contiguous().transpose(0, 1) for t in (k, v))
+    assert not k_view.is_contiguous()
+    assert torch.equal(got, native.causal_attention_amx(q, k_view, v_view, 32 ** -0.5))
     assert torch.isfinite(got.float()).all()
     assert float((got.float() - _attention(q, k, v, torch.float32)).abs().max()) <= 0.02
+
+
+@amx_attention
+def test_causal_attention_amx_gives_the_same_bits_on_any_number_of_threads() -> None:
+    # the threads split the (head, block of positions) items, light and heavy blocks interleaved: every item
+    # must still be computed exactly once, as on one thread
+    q, k, v = _attention_inputs(333, 20, 9, 3, 64)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = native.causal_attention_amx(q, k, v, 0.125)
+        torch.set_num_threads(2)
+        two = native.causal_attention_amx(q, k, v, 0.125)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+    assert float((one.float() - _attention(q, k, v, torch.float32)).abs().max()) <= 0.02
