@@ -15,8 +15,6 @@ and the largest score difference between the two. Needs a CPU with AMX and ``git
 from __future__ import annotations
 
 import argparse
-import hashlib
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -25,19 +23,11 @@ from typing import Any, Callable
 
 def _base_kernel(revision: str) -> Callable[..., Any]:
     """``causal_attention_amx`` of ``revision``'s native source, with the engine's copies of that time."""
-    from torch.utils.cpp_extension import load
-
     from lbnl import native
 
     text = subprocess.run(["git", "show", f"{revision}:src/lbnl/native.py"], check=True, capture_output=True,
                           text=True, cwd=Path(__file__).resolve().parent).stdout
-    source = text.split('_SOURCE = r"""', 1)[1].split('"""', 1)[0]
-    name = "lbnl_native_base_" + hashlib.sha256((source + " ".join(native._CFLAGS)).encode()).hexdigest()[:12]
-    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions") / name
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "base.cpp").write_text(source, encoding="utf-8")
-    module = load(name=name, sources=[str(root / "base.cpp")], build_directory=str(root),
-                  extra_cflags=list(native._CFLAGS + native._OPENMP), extra_ldflags=list(native._OPENMP))
+    module = native._compile(native._OPENMP, text.split('_SOURCE = r"""', 1)[1].split('"""', 1)[0])
 
     def kernel(q: Any, k: Any, v: Any, scale: float) -> Any:
         n, heads, dim = q.shape

@@ -845,11 +845,13 @@ def _build() -> Any:
         return _compile(())
 
 
-def _compile(openmp: tuple[str, ...]) -> Any:
+def _compile(openmp: tuple[str, ...], text: str = _SOURCE) -> Any:
+    """Build (or load the cached build of) the C++ ``text``, this module's kernels by default, under a name keyed
+    by the text, the compiler flags, torch's version and this CPU's flags."""
     from torch.utils.cpp_extension import load
 
     cflags = list(_CFLAGS + openmp)
-    key = hashlib.sha256((_SOURCE + _cpu_flags() + torch.__version__ + " ".join(cflags)).encode()).hexdigest()[:16]
+    key = hashlib.sha256((text + _cpu_flags() + torch.__version__ + " ".join(cflags)).encode()).hexdigest()[:16]
     name = f"lbnl_native_{key}"
     root = os.path.join(os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(
         os.path.expanduser("~"), ".cache", "torch_extensions"), name)
@@ -857,7 +859,7 @@ def _compile(openmp: tuple[str, ...]) -> Any:
     source = os.path.join(root, "lbnl_native.cpp")
     if not os.path.exists(source):
         with open(source + ".tmp", "w", encoding="utf-8") as f:
-            f.write(_SOURCE)
+            f.write(text)
         os.replace(source + ".tmp", source)
     return load(name=name, sources=[source], build_directory=root, extra_cflags=cflags,
                 extra_ldflags=list(openmp), verbose=False)

@@ -164,7 +164,8 @@ def test_causal_attention_amx_never_reads_a_later_key() -> None:
 @amx_attention
 def test_causal_attention_amx_takes_strided_queries_and_sharp_scores() -> None:
     # scores in the thousands (one-hot softmax rows) over three blocks of keys, and a key in the last block
-    # that outscores everything before it: the running max must move late, by far more than 2^8 in probability
+    # that outscores everything before it: the running max must move late (its block's probabilities would sum
+    # far past the 2^16 a stale max is kept for)
     q, k, v = _attention_inputs(45, 600, 4, 2, 32, spread=60.0)
     k[:, 560] = 20.0
     strided = q.transpose(0, 1).contiguous().transpose(0, 1)  # the engine's heads-first layout
