@@ -467,25 +467,30 @@ torch::Tensor norm_rotate_bf16(const torch::Tensor& x, const torch::Tensor& weig
       const uint16_t* cr = c + (r / heads) * d;
       const uint16_t* sr = sn + (r / heads) * d;
       uint16_t* orow = o + r * d;
-      if (norm) {
-        const float inv = inverse_rms(row, d, feps);
-        for (int64_t j = 0; j < d; ++j)
-          buf[j] = round_bf16(round_bf16(bf16_to_float(row[j]) * inv) * bf16_to_float(w[j]));
-      } else {
-        for (int64_t j = 0; j < d; ++j) buf[j] = bf16_to_float(row[j]);
-      }
-      int64_t j = 0;
+      const float inv = norm ? inverse_rms(row, d, feps) : 1.0f;
 #ifdef LBNL_AVX512
-      if (half % 16 == 0) {
-        for (; j + 16 <= d; j += 16) {
-          const int64_t k = j < half ? j + half : j - half;
-          __m512 a = round_bf16x16(_mm512_mul_ps(_mm512_loadu_ps(buf.data() + j), load_bf16x16(cr + j)));
-          __m512 t = _mm512_mul_ps(_mm512_loadu_ps(buf.data() + k), load_bf16x16(sr + j));
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(orow + j), to_bf16x16(_mm512_add_ps(a, t)));
+      if (half % 16 == 0) {  // 16 dims and their rotation partners, half a head away, in registers
+        const __m512 vinv = _mm512_set1_ps(inv);
+        auto normed = [&](int64_t at) {
+          const __m512 v = load_bf16x16(row + at);
+          return norm ? round_bf16x16(_mm512_mul_ps(round_bf16x16(_mm512_mul_ps(v, vinv)), load_bf16x16(w + at))) : v;
+        };
+        auto rotate = [&](int64_t at, __m512 v, __m512 partner) {
+          const __m512 a = round_bf16x16(_mm512_mul_ps(v, load_bf16x16(cr + at)));
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(orow + at),
+                              to_bf16x16(_mm512_add_ps(a, _mm512_mul_ps(partner, load_bf16x16(sr + at)))));
+        };
+        for (int64_t j = 0; j < half; j += 16) {
+          const __m512 lo = normed(j), hi = normed(j + half);
+          rotate(j, lo, hi);
+          rotate(j + half, hi, lo);
         }
+        continue;
       }
 #endif
-      for (; j < d; ++j) {
+      for (int64_t j = 0; j < d; ++j)
+        buf[j] = norm ? round_bf16(round_bf16(bf16_to_float(row[j]) * inv) * bf16_to_float(w[j])) : bf16_to_float(row[j]);
+      for (int64_t j = 0; j < d; ++j) {
         const float a = round_bf16(buf[j] * bf16_to_float(cr[j]));
         const float t = buf[j < half ? j + half : j - half] * bf16_to_float(sr[j]);
         orow[j] = float_to_bf16(a + t);
