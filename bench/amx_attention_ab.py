@@ -1,15 +1,17 @@
-"""Whole rerank calls with the AMX attention kernel of an earlier revision against today's, alternating in one process.
+"""Whole rerank calls with the native kernels of an earlier revision against today's, alternating in one process.
 
     python bench/amx_attention_ab.py --base 974ff75 [--model PATH | --shape qwen3-0.6b] [--workload 1x20x256]
                                      [--data $SCIFACT] [--pairs 8] [--threads 1]
 
 A kernel change of a few percent is lost in the drift of a shared machine (up to 10% between runs minutes
-apart), so this runs both kernels in one process, one call each in turn (the order flipping every pair), on
-the same model, text and allocator: the earlier revision's ``lbnl.native`` source is compiled under its own
-name and called as the engine called it at the time of session 13 (keys and values copied to contiguous
-tensors, output heads-first and copied to token-major by the output projection's reshape), today's through
-the engine as it is. Prints each call's seconds, the ratio of the best calls, the median ratio of the pairs
-and the largest score difference between the two. Needs a CPU with AMX and ``git`` (for the base's source).
+apart), so this runs both in one process, one call each in turn (the order flipping every pair), on the same
+model, text and allocator: the earlier revision's ``lbnl.native`` source is compiled under its own name. A base
+with today's kernel interface (session 14 on: keys and values as strided views, output token-major) replaces
+every native kernel for its calls (attention, norms, rotation, SiLU product); an older base (session 13) only
+its AMX attention kernel, called as the engine called it then (keys and values copied to contiguous tensors,
+output heads-first and copied to token-major by the output projection's reshape). Prints each call's seconds,
+the ratio of the best calls, the median ratio of the pairs and the largest score difference between the two.
+Needs a CPU with AMX and ``git`` (for the base's source).
 """
 
 from __future__ import annotations
@@ -21,24 +23,28 @@ from pathlib import Path
 from typing import Any, Callable
 
 
-def _base_kernel(revision: str) -> Callable[..., Any]:
-    """``causal_attention_amx`` of ``revision``'s native source, with the engine's copies of that time."""
+def _base(revision: str) -> tuple[Any, Callable[..., Any] | None]:
+    """``revision``'s compiled native kernels, and for a session-13 base its attention kernel with the engine's
+    copies of that time (``None`` when the base takes today's interface)."""
     from lbnl import native
 
     text = subprocess.run(["git", "show", f"{revision}:src/lbnl/native.py"], check=True, capture_output=True,
                           text=True, cwd=Path(__file__).resolve().parent).stdout
-    module = native._compile(native._OPENMP, text.split('_SOURCE = r"""', 1)[1].split('"""', 1)[0])
+    source = text.split('_SOURCE = r"""', 1)[1].split('"""', 1)[0]
+    module = native._compile(native._OPENMP, source)
+    if "torch::empty({n, heads, dim}" in source:  # writes token-major: today's interface
+        return module, None
 
     def kernel(q: Any, k: Any, v: Any, scale: float) -> Any:
         n, heads, dim = q.shape
         out = module.causal_attention_amx(q, k.contiguous(), v.contiguous(), scale)
         return out.view(heads, n, dim).transpose(0, 1)
-    return kernel
+    return module, kernel
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base", required=True, help="git revision whose AMX attention kernel is the baseline")
+    parser.add_argument("--base", required=True, help="git revision whose native kernels are the baseline")
     parser.add_argument("--model", default=None, help="checkpoint directory (default: --shape's random checkpoint)")
     parser.add_argument("--shape", default="qwen3-0.6b", help="random checkpoint shape when --model is not given")
     parser.add_argument("--workload", default="1x20x256")
@@ -59,7 +65,8 @@ def main() -> None:
         raise SystemExit("this CPU (or build) has no AMX attention kernel to compare")
     tune_allocator()
     torch.set_num_threads(args.threads)
-    kernels = {"base": _base_kernel(args.base), "today": native.causal_attention_amx}
+    base_module, base_attention = _base(args.base)
+    today_module, today_attention = native.module(), native.causal_attention_amx
     model = Path(args.model) if args.model else bench_checkpoint(args.shape, cache_root() / "bench")
     workload = parse_workload(args.workload)
     reranker = Reranker.from_pretrained(model, device="cpu", dtype="bfloat16", fusion=None)
@@ -69,13 +76,15 @@ def main() -> None:
     scores: dict[str, list[float]] = {}
     for pair in range(args.pairs + 1):
         for name in ("base", "today") if pair % 2 == 0 else ("today", "base"):
-            native.causal_attention_amx = kernels[name]
+            old = name == "base"
+            native._STATE["module"] = base_module if old and base_attention is None else today_module
+            native.causal_attention_amx = base_attention if old and base_attention else today_attention
             start = time.perf_counter()
             lists = reranker.score_lists(queries, docs, max_doc_length=workload.tokens)
             if pair:  # the first pair warms both up
                 seconds[name].append(time.perf_counter() - start)
             scores[name] = [float(s) for scored in lists for s in scored.scores]
-    native.causal_attention_amx = kernels["today"]
+    native._STATE["module"], native.causal_attention_amx = today_module, today_attention
     ratios = sorted(b / t for b, t in zip(seconds["base"], seconds["today"]))
     for name, times in seconds.items():
         print(f"{name:6s} " + " ".join(f"{t:.2f}" for t in times) + " s")
