@@ -488,8 +488,10 @@ torch::Tensor norm_rotate_bf16(const torch::Tensor& x, const torch::Tensor& weig
         continue;
       }
 #endif
-      for (int64_t j = 0; j < d; ++j)
-        buf[j] = norm ? round_bf16(round_bf16(bf16_to_float(row[j]) * inv) * bf16_to_float(w[j])) : bf16_to_float(row[j]);
+      for (int64_t j = 0; j < d; ++j) {
+        const float x = bf16_to_float(row[j]);
+        buf[j] = norm ? round_bf16(round_bf16(x * inv) * bf16_to_float(w[j])) : x;
+      }
       for (int64_t j = 0; j < d; ++j) {
         const float a = round_bf16(buf[j] * bf16_to_float(cr[j]));
         const float t = buf[j < half ? j + half : j - half] * bf16_to_float(sr[j]);
