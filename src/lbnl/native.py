@@ -10,19 +10,22 @@ int8 path's quantize, dequantize and SiLU-product passes, and the bf16 decoder l
 product (:mod:`lbnl.engine`), are here too: one pass each, vectorised for AVX-512. On CPUs with AMX, a whole
 causal attention runs here as a flash-attention loop on AMX tiles (:func:`causal_attention_amx`).
 
-Built with ``torch.utils.cpp_extension`` (a C++ compiler and ninja; about a minute once, then cached
-under torch's extensions directory, keyed by the source, the compiler flags and this CPU's flags), with
-OpenMP so the kernels split their rows over torch's threads (on one thread where the compiler lacks
-it). When the build fails, or with ``LBNL_NATIVE=0``, :func:`available` is false and callers use torch's
-own operations.
+Built with ``torch.utils.cpp_extension`` (a C++ compiler and ninja; about a minute once, announced on
+stderr, then cached under torch's extensions directory, keyed by the source, the compiler flags and this
+CPU's flags; a build killed midway does not stall the next), with OpenMP so the kernels split their rows
+over torch's threads (on one thread where the compiler lacks it). When the build fails, or with
+``LBNL_NATIVE=0``, :func:`available` is false and callers use torch's own operations.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import sys
 import threading
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -852,24 +855,60 @@ def _build() -> Any:
         return _compile(())
 
 
-def _compile(openmp: tuple[str, ...], text: str = _SOURCE) -> Any:
-    """Build (or load the cached build of) the C++ ``text``, this module's kernels by default, under a name keyed
-    by the text, the compiler flags, torch's version and this CPU's flags."""
-    from torch.utils.cpp_extension import load
-
-    cflags = list(_CFLAGS + openmp)
-    key = hashlib.sha256((text + _cpu_flags() + torch.__version__ + " ".join(cflags)).encode()).hexdigest()[:16]
+def _build_dir(openmp: tuple[str, ...], text: str = _SOURCE) -> tuple[str, str]:
+    """The extension's name and build directory for the C++ ``text`` built with ``openmp``: keyed by the text,
+    the compiler flags, torch's version and this CPU's flags."""
+    cflags = " ".join(_CFLAGS + openmp)
+    key = hashlib.sha256((text + _cpu_flags() + torch.__version__ + cflags).encode()).hexdigest()[:16]
     name = f"lbnl_native_{key}"
-    root = os.path.join(os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(
+    return name, os.path.join(os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(
         os.path.expanduser("~"), ".cache", "torch_extensions"), name)
+
+
+@contextlib.contextmanager
+def _one_build_at_a_time(root: str) -> Iterator[None]:
+    """Hold an OS lock on ``root`` while torch builds or loads there. torch's own lock is a file that a build
+    killed midway (Ctrl-C during the first minute) leaves behind, and every later process would then wait on it
+    forever; the OS lock dies with its process, so whoever holds it knows no lbnl build is running and removes
+    such a leftover first. Without ``fcntl`` (Windows) or file locks, torch's lock file alone."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(os.path.join(root, "lbnl-build.lock"), "a", encoding="utf-8") as guard:
+        try:
+            fcntl.flock(guard, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks: torch's lock file alone
+            yield
+            return
+        try:
+            leftover = os.path.join(root, "lock")
+            if os.path.exists(leftover):
+                os.remove(leftover)
+            yield
+        finally:
+            fcntl.flock(guard, fcntl.LOCK_UN)
+
+
+def _compile(openmp: tuple[str, ...], text: str = _SOURCE) -> Any:
+    """Build (or load the cached build of) the C++ ``text``, this module's kernels by default (see
+    :func:`_build_dir`). A first build says so on stderr: it takes about a minute."""
+    from torch.utils.cpp_extension import LIB_EXT, load
+
+    name, root = _build_dir(openmp, text)
     os.makedirs(root, exist_ok=True)
     source = os.path.join(root, "lbnl_native.cpp")
     if not os.path.exists(source):
         with open(source + ".tmp", "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(source + ".tmp", source)
-    return load(name=name, sources=[source], build_directory=root, extra_cflags=cflags,
-                extra_ldflags=list(openmp), verbose=False)
+    with _one_build_at_a_time(root):
+        if not any(entry.endswith(LIB_EXT) for entry in os.listdir(root)):
+            print("lbnl: compiling its native CPU kernels for this machine (once, about a minute)...",
+                  file=sys.stderr, flush=True)
+        return load(name=name, sources=[source], build_directory=root, extra_cflags=list(_CFLAGS + openmp),
+                    extra_ldflags=list(openmp), verbose=False)
 
 
 def module() -> Any | None:

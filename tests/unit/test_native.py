@@ -195,3 +195,40 @@ def test_causal_attention_amx_gives_the_same_bits_on_any_number_of_threads() -> 
         torch.set_num_threads(threads)
     assert torch.equal(one, two)
     assert float((one.float() - _attention(q, k, v, torch.float32)).abs().max()) <= 0.02
+
+
+_PROBE = """#include <torch/extension.h>
+int lbnl_probe() { return 7; }
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("probe", &lbnl_probe); }
+"""
+
+_BUILD = f"""
+import os, sys
+from lbnl import native
+text = {_PROBE!r}
+name, root = native._build_dir((), text)
+os.makedirs(root, exist_ok=True)
+if sys.argv[1:] == ["killed"]:
+    open(os.path.join(root, "lock"), "w").close()  # torch's build lock, as a build killed midway leaves it
+print(native._compile((), text).probe(), os.path.exists(os.path.join(root, "lock")))
+"""
+
+
+@pytest.mark.slow
+def test_a_build_killed_midway_does_not_stall_the_next_one(tmp_path) -> None:
+    # torch waits on its lock file forever: a Ctrl-C during the first build must not hang every later process
+    import os
+    import subprocess
+    import sys
+
+    def build(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", _BUILD, *args], env={**os.environ, "TORCH_EXTENSIONS_DIR":
+                              str(tmp_path)}, capture_output=True, text=True, timeout=600)
+
+    first = build("killed")
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert first.stdout.split() == ["7", "False"]  # built and loaded; the leftover lock is gone
+    assert "compiling its native CPU kernels" in first.stderr  # a first build says so
+    again = build()
+    assert again.returncode == 0 and again.stdout.split() == ["7", "False"], again.stderr[-2000:]
+    assert "compiling" not in again.stderr  # cached: loaded without a word
