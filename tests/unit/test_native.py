@@ -3,6 +3,11 @@ step at most). Skipped where the kernels cannot be built (no C++ compiler or nin
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -215,12 +220,8 @@ print(native._compile((), text).probe(), os.path.exists(os.path.join(root, "lock
 
 
 @pytest.mark.slow
-def test_a_build_killed_midway_does_not_stall_the_next_one(tmp_path) -> None:
+def test_a_build_killed_midway_does_not_stall_the_next_one(tmp_path: Path) -> None:
     # torch waits on its lock file forever: a Ctrl-C during the first build must not hang every later process
-    import os
-    import subprocess
-    import sys
-
     def build(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-c", _BUILD, *args], env={**os.environ, "TORCH_EXTENSIONS_DIR":
                               str(tmp_path)}, capture_output=True, text=True, timeout=600)
