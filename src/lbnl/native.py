@@ -868,9 +868,9 @@ def _build_dir(openmp: tuple[str, ...], text: str = _SOURCE) -> tuple[str, str]:
 @contextlib.contextmanager
 def _one_build_at_a_time(root: str) -> Iterator[None]:
     """Hold an OS lock on ``root`` while torch builds or loads there. torch's own lock is a file that a build
-    killed midway (Ctrl-C during the first minute) leaves behind, and every later process would then wait on it
-    forever; the OS lock dies with its process, so whoever holds it knows no lbnl build is running and removes
-    such a leftover first. Without ``fcntl`` (Windows) or file locks, torch's lock file alone."""
+    killed midway (``kill``, a timeout, a container stopping) leaves behind, and every later process would then
+    wait on it forever; the OS lock dies with its process, so whoever holds it knows no lbnl build is running and
+    removes such a leftover first. Without ``fcntl`` (Windows) or file locks, torch's lock file alone."""
     try:
         import fcntl
     except ImportError:

@@ -221,7 +221,7 @@ print(native._compile((), text).probe(), os.path.exists(os.path.join(root, "lock
 
 @pytest.mark.slow
 def test_a_build_killed_midway_does_not_stall_the_next_one(tmp_path: Path) -> None:
-    # torch waits on its lock file forever: a Ctrl-C during the first build must not hang every later process
+    # torch waits on its lock file forever: a first build killed midway must not hang every later process
     def build(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-c", _BUILD, *args], env={**os.environ, "TORCH_EXTENSIONS_DIR":
                               str(tmp_path)}, capture_output=True, text=True, timeout=600)
