@@ -35,7 +35,9 @@ _SOURCE = r"""
 #include <ATen/Parallel.h>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <vector>
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #include <immintrin.h>
@@ -686,6 +688,15 @@ inline float softmax_block_row(const float* sr, int64_t visible, int64_t width, 
   return alpha;
 }
 
+// Scratch memory starting on a cache line (malloc aligns to 16 bytes only): a tile row of 64 bytes that straddles
+// two lines loads and stores several times slower, and whether it did depended on the heap's state.
+template <typename T>
+std::unique_ptr<T[], decltype(&std::free)> line_aligned(int64_t count) {
+  void* p = std::aligned_alloc(64, (count * sizeof(T) + 63) / 64 * 64);
+  TORCH_CHECK(p != nullptr, "out of memory");
+  return {static_cast<T*>(p), &std::free};
+}
+
 torch::Tensor causal_attention_amx(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                    double scale) {
   TORCH_CHECK(amx_attention_ready(), "the OS does not let this process use AMX tiles");
@@ -726,8 +737,9 @@ torch::Tensor causal_attention_amx(const torch::Tensor& q, const torch::Tensor& 
     _tile_loadconfig(&config);
     // Scores and probabilities of two key blocks at a time: while the tiles compute one block's values and
     // the scores of the block after next, the vector units run the softmax of the block in between.
-    std::vector<uint16_t> qb(rows * dim), pb(2 * rows * kAttnKV);
-    std::vector<float> sb(2 * rows * kAttnKV), ob(rows * dim), m(rows), l(rows), alpha(rows);
+    auto qb = line_aligned<uint16_t>(rows * dim), pb = line_aligned<uint16_t>(2 * rows * kAttnKV);
+    auto sb = line_aligned<float>(2 * rows * kAttnKV), ob = line_aligned<float>(rows * dim);
+    std::vector<float> m(rows), l(rows), alpha(rows);
     for (int64_t item = begin; item < end; ++item) {
       // within a head, light and heavy blocks alternate (the first, the last, the second, ...), so that the
       // threads' contiguous ranges of items carry equal work
@@ -738,7 +750,7 @@ torch::Tensor causal_attention_amx(const torch::Tensor& q, const torch::Tensor& 
         if (pos < n) std::memcpy(&qb[i * dim], qd + pos * qs0 + (h * group + i / kAttnQ) * qs1, dim * 2);
         else std::memset(&qb[i * dim], 0, dim * 2);
       }
-      std::fill(ob.begin(), ob.end(), 0.0f);
+      std::fill_n(ob.get(), rows * dim, 0.0f);
       std::fill(m.begin(), m.end(), -INFINITY);
       std::fill(l.begin(), l.end(), 0.0f);
       const uint32_t* kh = kpd + h * packed;
@@ -771,10 +783,10 @@ torch::Tensor causal_attention_amx(const torch::Tensor& q, const torch::Tensor& 
         for (int64_t j = 0; j < jobs; ++j) {
           if (j < value_jobs) {
             const int64_t per = dim / 32;
-            value_tile(probs(b), vh, dim, b * kAttnKV, width(b), (j / per) * 2, (j % per) * 2, ob.data(), between);
+            value_tile(probs(b), vh, dim, b * kAttnKV, width(b), (j / per) * 2, (j % per) * 2, ob.get(), between);
           } else {
             const int64_t per = width(sc) / 32, t = j - value_jobs;
-            score_tile(qb.data(), kh, dim, sc * kAttnKV, (t / per) * 2, (t % per) * 2, scores(sc), between);
+            score_tile(qb.get(), kh, dim, sc * kAttnKV, (t / per) * 2, (t % per) * 2, scores(sc), between);
           }
         }
         softmax_rows(rows);
