@@ -576,7 +576,9 @@ inline void store_2x2(float* c, int64_t ld) {  // ld in floats
 }
 
 // One 32x32 block of scores, S[rt*16 .. +32, kt*16 .. +32) = Q K^T over keys from kb (packed keys `kh`);
-// `between()` runs after each of its four tile products (the vector work that overlaps them).
+// `between()` (the vector work that overlaps the tiles) runs with each group of four tile products, after their
+// loads and before the products: its stores, placed after a product, would hold the next group's tile loads
+// until that product retired.
 template <typename F>
 inline void score_tile(const uint16_t* qb, const uint32_t* kh, int64_t dim, int64_t kb, int64_t rt, int64_t kt,
                        float* sb, F&& between) {
@@ -587,8 +589,8 @@ inline void score_tile(const uint16_t* qb, const uint32_t* kh, int64_t dim, int6
     _tile_loadd(5, qb + (rt * 16 + 16) * dim + c * 32, dim * 2);
     _tile_loadd(6, kh + ((kb / 16 + kt) * chunks + c) * 256, 64);
     _tile_loadd(7, kh + ((kb / 16 + kt + 1) * chunks + c) * 256, 64);
-    dot_2x2();
     between();
+    dot_2x2();
   }
   store_2x2(sb + rt * 16 * kAttnKV + kt * 16, kAttnKV);
 }
@@ -607,8 +609,8 @@ inline void value_tile(const uint16_t* pb, const uint32_t* vh, int64_t dim, int6
     _tile_loadd(5, pb + (rt * 16 + 16) * kAttnKV + kc * 32, kAttnKV * 2);
     _tile_loadd(6, vh + ((kb / 32 + kc) * chunks + dc) * 256, 64);
     _tile_loadd(7, vh + ((kb / 32 + kc) * chunks + dc + 1) * 256, 64);
-    dot_2x2();
     between();
+    dot_2x2();
   }
   store_2x2(o, dim);
 }
@@ -776,7 +778,7 @@ torch::Tensor causal_attention_amx(const torch::Tensor& q, const torch::Tensor& 
                                            probs(sm) + row * kAttnKV);
           }
         };
-        // the softmax rows are spread over the tile products: a few rows after each group of four products
+        // the softmax rows are spread over the tile products: a few rows with each group of four products
         const int64_t products = value_jobs * (b >= 0 ? width(b) / 32 : 0) + score_jobs * (dim / 32);
         int64_t done = 0;
         auto between = [&]() { softmax_rows(rows * ++done / products); };
