@@ -519,6 +519,11 @@ struct alignas(64) TileConfig {
   uint8_t rows[16] = {};
 };
 
+// ldtilecfg with the whole 64-byte configuration as its input: GCC 12's _tile_loadconfig tells the compiler it
+// reads only the first 8 bytes, so the stores of the rows and column widths may be dropped as dead (seen in a
+// scratch kernel: the tiles were then configured empty and the first tile instruction faulted).
+inline void load_tile_config(const TileConfig& config) { asm volatile("ldtilecfg %0" : : "m"(config)); }
+
 bool amx_attention_ready() {  // Linux hands out AMX tile state only on request (ARCH_REQ_XCOMP_PERM, XTILEDATA)
   static const bool ok = syscall(SYS_arch_prctl, 0x1023, 18) == 0;
   return ok;
@@ -736,7 +741,7 @@ torch::Tensor causal_attention_amx(const torch::Tensor& q, const torch::Tensor& 
       config.rows[t] = 16;
       config.colsb[t] = 64;
     }
-    _tile_loadconfig(&config);
+    load_tile_config(config);
     // Scores and probabilities of two key blocks at a time: while the tiles compute one block's values and
     // the scores of the block after next, the vector units run the softmax of the block in between.
     auto qb = line_aligned<uint16_t>(rows * dim), pb = line_aligned<uint16_t>(2 * rows * kAttnKV);
