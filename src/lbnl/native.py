@@ -524,6 +524,12 @@ struct alignas(64) TileConfig {
 // scratch kernel: the tiles were then configured empty and the first tile instruction faulted).
 inline void load_tile_config(const TileConfig& config) { asm volatile("ldtilecfg %0" : : "m"(config)); }
 
+// tileloadd that tells the compiler it reads memory: GCC 12's _tile_loadd declares no memory operand at all, so the
+// ordinary stores a tile is meant to read (queries copied in, probabilities, zeroed outputs) could legally be
+// moved after it or kept in registers. The clobber puts every earlier store before the load.
+#define LBNL_TILE_LOAD(tile, base, stride) \
+  asm volatile("tileloadd (%0,%1,1), %%tmm" #tile : : "r"(base), "r"(static_cast<long>(stride)) : "memory")
+
 bool amx_attention_ready() {  // Linux hands out AMX tile state only on request (ARCH_REQ_XCOMP_PERM, XTILEDATA)
   static const bool ok = syscall(SYS_arch_prctl, 0x1023, 18) == 0;
   return ok;
@@ -590,10 +596,10 @@ inline void score_tile(const uint16_t* qb, const uint32_t* kh, int64_t dim, int6
   const int64_t chunks = dim / 32;
   _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
   for (int64_t c = 0; c < chunks; ++c) {
-    _tile_loadd(4, qb + rt * 16 * dim + c * 32, dim * 2);
-    _tile_loadd(5, qb + (rt * 16 + 16) * dim + c * 32, dim * 2);
-    _tile_loadd(6, kh + ((kb / 16 + kt) * chunks + c) * 256, 64);
-    _tile_loadd(7, kh + ((kb / 16 + kt + 1) * chunks + c) * 256, 64);
+    LBNL_TILE_LOAD(4, qb + rt * 16 * dim + c * 32, dim * 2);
+    LBNL_TILE_LOAD(5, qb + (rt * 16 + 16) * dim + c * 32, dim * 2);
+    LBNL_TILE_LOAD(6, kh + ((kb / 16 + kt) * chunks + c) * 256, 64);
+    LBNL_TILE_LOAD(7, kh + ((kb / 16 + kt + 1) * chunks + c) * 256, 64);
     between();
     dot_2x2();
   }
@@ -607,13 +613,13 @@ inline void value_tile(const uint16_t* pb, const uint32_t* vh, int64_t dim, int6
                        int64_t dc, float* ob, F&& between) {
   const int64_t chunks = dim / 16;
   float* o = ob + rt * 16 * dim + dc * 16;
-  _tile_loadd(0, o, dim * 4); _tile_loadd(1, o + 16, dim * 4);
-  _tile_loadd(2, o + 16 * dim, dim * 4); _tile_loadd(3, o + 16 * dim + 16, dim * 4);
+  LBNL_TILE_LOAD(0, o, dim * 4); LBNL_TILE_LOAD(1, o + 16, dim * 4);
+  LBNL_TILE_LOAD(2, o + 16 * dim, dim * 4); LBNL_TILE_LOAD(3, o + 16 * dim + 16, dim * 4);
   for (int64_t kc = 0; kc < width / 32; ++kc) {
-    _tile_loadd(4, pb + rt * 16 * kAttnKV + kc * 32, kAttnKV * 2);
-    _tile_loadd(5, pb + (rt * 16 + 16) * kAttnKV + kc * 32, kAttnKV * 2);
-    _tile_loadd(6, vh + ((kb / 32 + kc) * chunks + dc) * 256, 64);
-    _tile_loadd(7, vh + ((kb / 32 + kc) * chunks + dc + 1) * 256, 64);
+    LBNL_TILE_LOAD(4, pb + rt * 16 * kAttnKV + kc * 32, kAttnKV * 2);
+    LBNL_TILE_LOAD(5, pb + (rt * 16 + 16) * kAttnKV + kc * 32, kAttnKV * 2);
+    LBNL_TILE_LOAD(6, vh + ((kb / 32 + kc) * chunks + dc) * 256, 64);
+    LBNL_TILE_LOAD(7, vh + ((kb / 32 + kc) * chunks + dc + 1) * 256, 64);
     between();
     dot_2x2();
   }
