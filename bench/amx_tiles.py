@@ -1,4 +1,4 @@
-"""What this CPU's AMX tiles sustain, against what torch's bf16 matmul gets: the physical ceiling under the bench's peak.
+"""What this CPU's AMX tiles sustain, next to torch's bf16 matmul: the physical ceiling above the bench's peak.
 
     taskset -c 1 python bench/amx_tiles.py [--groups 200000]
 
@@ -65,7 +65,9 @@ double groups(int64_t count, int64_t loads, int64_t span, int64_t drain, int64_t
   for (int64_t g = 0; g < count; ++g) {
     const int64_t block = drain ? g / every : 0;
     float* cb = c + (block % 16) * 1024;
-    if (drain == 2 && g % every == 0) { LOAD(0, cb, 128); LOAD(1, cb + 16, 128); LOAD(2, cb + 512, 128); LOAD(3, cb + 528, 128); }
+    if (drain == 2 && g % every == 0) {
+      LOAD(0, cb, 128); LOAD(1, cb + 16, 128); LOAD(2, cb + 512, 128); LOAD(3, cb + 528, 128);
+    }
     if (loads) {
       const int64_t at = (g % steps) * 1024;  // 2 KB per step and buffer: two 1 KB tiles
       LOAD(4, a + at, 64); LOAD(5, a + at + 512, 64); LOAD(6, b + at, 64); LOAD(7, b + at + 512, 64);
