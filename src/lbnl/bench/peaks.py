@@ -29,13 +29,17 @@ def measure_peaks(cap_seconds: float = 20.0, head_dim: int = 128) -> dict[str, A
 
     from ..hardware import cpu_has_fast_bf16, resolve_attention
 
-    def best(fn: Callable[[], Any], flops: float, reps: int = 5, cap: float = cap_seconds) -> float:
+    def best(fn: Callable[[], Any], flops: float, reps: int = 5, cap: float = cap_seconds,
+             settle: float = 0.5) -> float:
+        """The fastest of at least ``reps`` runs, run for at least ``settle`` seconds and at most ``cap``: a
+        product of a few milliseconds timed only a few times reads a shared core's speed of that moment."""
         fn()
-        fastest, began = float("inf"), time.perf_counter()
-        for _ in range(reps):
+        fastest, began, runs = float("inf"), time.perf_counter(), 0
+        while runs < reps or time.perf_counter() - began < settle:
             start = time.perf_counter()
             fn()
             fastest = min(fastest, time.perf_counter() - start)
+            runs += 1
             if time.perf_counter() - began > cap:
                 break
         return flops / fastest / 1e12
@@ -52,7 +56,7 @@ def measure_peaks(cap_seconds: float = 20.0, head_dim: int = 128) -> dict[str, A
         out["fp32_tflops"] = round(best(lambda: a @ b, 2 * n**3), 4)
         m = n if out["fast_bf16"] else 512
         a16, b16 = a[:m, :m].bfloat16(), b[:m, :m].bfloat16()
-        out["bf16_tflops"] = round(best(lambda: a16 @ b16, 2 * m**3, reps=3), 4)
+        out["bf16_tflops"] = round(best(lambda: a16 @ b16, 2 * m**3), 4)
         out["bf16_size"] = m
         out["int8_linear_tflops"] = _int8_peak(best, gen)
     out["best_tflops"] = max(out["fp32_tflops"], out["bf16_tflops"])
