@@ -8,9 +8,9 @@ group) in a tight loop on one core, timed with the time-stamp counter, in these 
 
 * products alone (no memory);
 * four tile loads and four products per group, the operands cycling through 32 KB (L1), 256 KB (L2) or 8 MB;
-* with drains: every 32 groups the accumulators stored and zeroed (a matmul block over 1,024 dims), and the
-  attention kernel's jobs: every 4 groups the accumulators stored and zeroed (a block of
-  scores), or every 8 groups loaded from and stored back to one of 16 blocks (a block of the output).
+* with drains: every 32 or 16 groups the accumulators stored and zeroed (a matmul block over 1,024 or 512 dims),
+  and the attention kernel's jobs: every 4 groups the accumulators stored and zeroed (a block of scores), or
+  every 8 groups loaded from and stored back to one of 16 blocks (a block of the output).
 
 Prints TSC cycles per group and the rate that is, next to torch's bf16 matmul at 2048^3 (the bench's peak). Needs
 a CPU with AMX-BF16 and a C++ compiler (the kernels are built like ``lbnl.native``'s).
@@ -47,8 +47,8 @@ struct alignas(64) TileConfig {
 bool ready() { return syscall(SYS_arch_prctl, 0x1023, 18) == 0; }
 
 // TSC cycles per group of four products. loads: 0 none, else the operands cycle through `span` bytes (two
-// buffers of span / 2: A and B). drain: 0 none, 1 store and zero the accumulators every `every` groups,
-// 2 load them from one of 16 blocks before and store them back after every `every` groups.
+// buffers of span / 2: A and B). drain: 0 none, 1 store the accumulators to one 4 KB block and zero them every
+// `every` groups, 2 load them from one of 16 blocks (64 KB) before and store them back after every `every` groups.
 double groups(int64_t count, int64_t loads, int64_t span, int64_t drain, int64_t every) {
   TORCH_CHECK(ready(), "the OS does not let this process use AMX tiles");
   TileConfig config;
@@ -64,7 +64,7 @@ double groups(int64_t count, int64_t loads, int64_t span, int64_t drain, int64_t
   const uint64_t start = __rdtsc();
   for (int64_t g = 0; g < count; ++g) {
     const int64_t block = drain ? g / every : 0;
-    float* cb = c + (block % 16) * 1024;
+    float* cb = c + (drain == 2 ? block % 16 : 0) * 1024;
     if (drain == 2 && g % every == 0) {
       LOAD(0, cb, 128); LOAD(1, cb + 16, 128); LOAD(2, cb + 512, 128); LOAD(3, cb + 528, 128);
     }
@@ -100,6 +100,7 @@ PATTERNS = [
     ("loads + products, operands in 256 KB (L2)", 1, 256 << 10, 0, 1),
     ("loads + products, operands in 8 MB", 1, 8 << 20, 0, 1),
     ("L2 operands, store + zero every 32 groups (a matmul block 1,024 deep)", 1, 256 << 10, 1, 32),
+    ("L2 operands, store + zero every 16 groups (512 deep)", 1, 256 << 10, 1, 16),
     ("L2 operands, store + zero every 4 groups (score blocks)", 1, 256 << 10, 1, 4),
     ("L2 operands, load + store of 16 blocks every 8 groups (output blocks)", 1, 256 << 10, 2, 8),
 ]
@@ -132,7 +133,9 @@ def main() -> None:
     a, b = torch.randn(n, n).bfloat16(), torch.randn(n, n).bfloat16()
     with torch.inference_mode():
         a @ b
-        best = min(_timed(lambda: a @ b) for _ in range(5))
+        began, best = time.perf_counter(), float("inf")
+        while time.perf_counter() - began < 1.0:  # the best over a second, as the bench's peak is read
+            best = min(best, _timed(lambda: a @ b))
     print(f"{'torch bf16 matmul 2048^3 (the bench peak)':72s} {'':12s} {2 * n**3 / best / 1e12:8.3f}")
 
 
