@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any, Callable
 
 _SOURCE = r"""
 #include <torch/extension.h>
@@ -134,12 +135,12 @@ def main() -> None:
     with torch.inference_mode():
         a @ b
         began, best = time.perf_counter(), float("inf")
-        while time.perf_counter() - began < 1.0:  # the best over a second, as the bench's peak is read
+        while time.perf_counter() - began < 1.0:  # the best over a second
             best = min(best, _timed(lambda: a @ b))
     print(f"{'torch bf16 matmul 2048^3 (the bench peak)':72s} {'':12s} {2 * n**3 / best / 1e12:8.3f}")
 
 
-def _timed(fn) -> float:  # noqa: ANN001 - a zero-argument callable
+def _timed(fn: Callable[[], Any]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
