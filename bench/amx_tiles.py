@@ -118,7 +118,8 @@ def main() -> None:
     from lbnl import native
 
     if not native.amx_attention_available():
-        raise SystemExit("this CPU (or its OS) offers no AMX-BF16 tiles")
+        raise SystemExit("no AMX-BF16 tiles here: this CPU has none, the OS refuses this process tile state, or "
+                         "lbnl's native kernels could not be built (see the warning above)")
     tiles = native._compile(native._OPENMP, _SOURCE)
     torch.set_num_threads(1)
     t0, c0 = time.perf_counter(), tiles.tsc()
