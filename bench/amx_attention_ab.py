@@ -1,7 +1,7 @@
 """Whole rerank calls with the native kernels of an earlier revision against today's, alternating in one process.
 
     python bench/amx_attention_ab.py --base 974ff75 [--model PATH | --shape qwen3-0.6b] [--workload 1x20x256]
-                                     [--data $SCIFACT] [--pairs 8] [--threads 1]
+                                     [--data $SCIFACT] [--pairs 8] [--threads 1] [--kernel-only 5500]
 
 A kernel change of a few percent is lost in the drift of a shared machine (up to 10% between runs minutes
 apart), so this runs both in one process, one call each in turn (the order flipping every pair), on the same
@@ -11,6 +11,8 @@ every native kernel for its calls (attention, norms, rotation, SiLU product); an
 its AMX attention kernel, called as the engine called it then (keys and values copied to contiguous tensors,
 output heads-first and copied to token-major by the output projection's reshape). Prints each call's seconds,
 the ratio of the best calls, the median ratio of the pairs and the largest score difference between the two.
+With ``--kernel-only N`` it times the AMX attention kernel alone instead, on random queries, keys and values of
+the model's head shape at N tokens (the same inputs for both), and prints the largest difference of the outputs.
 Needs a CPU with AMX and ``git`` (for the base's source).
 """
 
@@ -51,6 +53,8 @@ def main() -> None:
     parser.add_argument("--data", default=None, help="BEIR directory for the text (default: synthetic)")
     parser.add_argument("--pairs", type=int, default=8, help="timed calls of each kernel (after one warm-up each)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--kernel-only", type=int, default=0, metavar="N",
+                        help="time the attention kernel alone on random heads at N tokens instead of whole calls")
     args = parser.parse_args()
 
     import torch
@@ -68,6 +72,10 @@ def main() -> None:
     base_module, base_attention = _base(args.base)
     today_module, today_attention = native.module(), native.causal_attention_amx
     model = Path(args.model) if args.model else bench_checkpoint(args.shape, cache_root() / "bench")
+    if args.kernel_only:
+        base_kernel = base_attention or base_module.causal_attention_amx
+        _kernel_only(model, args.kernel_only, args.pairs, base_kernel, today_module.causal_attention_amx)
+        return
     workload = parse_workload(args.workload)
     reranker = Reranker.from_pretrained(model, device="cpu", dtype="bfloat16", fusion=None)
     reranker.model.attention = "amx"
@@ -91,6 +99,36 @@ def main() -> None:
     print(f"base / today: best calls {min(seconds['base']) / min(seconds['today']):.3f}x, median of the pairs "
           f"{ratios[len(ratios) // 2]:.3f}x (lowest {ratios[0]:.3f}, highest {ratios[-1]:.3f}); largest score "
           f"difference {max(abs(a - b) for a, b in zip(scores['base'], scores['today'])):.4f}")
+
+
+def _kernel_only(model: Path, tokens: int, pairs: int, base: Callable[..., Any], today: Callable[..., Any]) -> None:
+    """The two attention kernels alone, alternating, on random heads of ``model``'s shape at ``tokens`` tokens."""
+    import torch
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model)
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(tokens, heads, dim, generator=gen).bfloat16()
+    k, v = (torch.randn(kv_heads, tokens, dim, generator=gen).bfloat16() for _ in range(2))
+    kernels = {"base": base, "today": today}
+    seconds: dict[str, list[float]] = {"base": [], "today": []}
+    outputs: dict[str, Any] = {}
+    for pair in range(pairs + 1):
+        for name in ("base", "today") if pair % 2 == 0 else ("today", "base"):
+            start = time.perf_counter()
+            outputs[name] = kernels[name](q, k, v, dim ** -0.5)
+            if pair:
+                seconds[name].append(time.perf_counter() - start)
+    ratios = sorted(b / t for b, t in zip(seconds["base"], seconds["today"]))
+    for name, times in seconds.items():
+        print(f"{name:6s} " + " ".join(f"{t * 1e3:.1f}" for t in times) + " ms")
+    difference = (outputs["base"].float() - outputs["today"].float()).abs().max().item()
+    print(f"{heads} heads ({kv_heads} for keys and values) of {dim} at {tokens} tokens; base / today: best "
+          f"{min(seconds['base']) / min(seconds['today']):.3f}x, median of the pairs {ratios[len(ratios) // 2]:.3f}x "
+          f"(lowest {ratios[0]:.3f}, highest {ratios[-1]:.3f}); largest output difference {difference:.3g}")
 
 
 if __name__ == "__main__":
