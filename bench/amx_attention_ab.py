@@ -93,12 +93,17 @@ def main() -> None:
                 seconds[name].append(time.perf_counter() - start)
             scores[name] = [float(s) for scored in lists for s in scored.scores]
     native._STATE["module"], native.causal_attention_amx = today_module, today_attention
-    ratios = sorted(b / t for b, t in zip(seconds["base"], seconds["today"]))
-    for name, times in seconds.items():
-        print(f"{name:6s} " + " ".join(f"{t:.2f}" for t in times) + " s")
-    print(f"base / today: best calls {min(seconds['base']) / min(seconds['today']):.3f}x, median of the pairs "
-          f"{ratios[len(ratios) // 2]:.3f}x (lowest {ratios[0]:.3f}, highest {ratios[-1]:.3f}); largest score "
+    print(f"base / today: {_ratios(seconds, 's', 1.0, 'best calls')}; largest score "
           f"difference {max(abs(a - b) for a, b in zip(scores['base'], scores['today'])):.4f}")
+
+
+def _ratios(seconds: dict[str, list[float]], unit: str, scale: float, best: str) -> str:
+    """Print each side's timings (times ``scale``, in ``unit``); return the ratios of the best and of the pairs."""
+    for name, times in seconds.items():
+        print(f"{name:6s} " + " ".join(f"{t * scale:.2f}" for t in times) + f" {unit}")
+    ratios = sorted(b / t for b, t in zip(seconds["base"], seconds["today"]))
+    return (f"{best} {min(seconds['base']) / min(seconds['today']):.3f}x, median of the pairs "
+            f"{ratios[len(ratios) // 2]:.3f}x (lowest {ratios[0]:.3f}, highest {ratios[-1]:.3f})")
 
 
 def _kernel_only(model: Path, tokens: int, pairs: int, base: Callable[..., Any], today: Callable[..., Any]) -> None:
@@ -106,10 +111,10 @@ def _kernel_only(model: Path, tokens: int, pairs: int, base: Callable[..., Any],
     import torch
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(model)
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    from lbnl.bench.flops import DecoderShape
+
+    shape = DecoderShape.from_config(AutoConfig.from_pretrained(model))
+    heads, kv_heads, dim = shape.heads, shape.kv_heads, shape.head_dim
     gen = torch.Generator().manual_seed(0)
     q = torch.randn(tokens, heads, dim, generator=gen).bfloat16()
     k, v = (torch.randn(kv_heads, tokens, dim, generator=gen).bfloat16() for _ in range(2))
@@ -122,13 +127,10 @@ def _kernel_only(model: Path, tokens: int, pairs: int, base: Callable[..., Any],
             outputs[name] = kernels[name](q, k, v, dim ** -0.5)
             if pair:
                 seconds[name].append(time.perf_counter() - start)
-    ratios = sorted(b / t for b, t in zip(seconds["base"], seconds["today"]))
-    for name, times in seconds.items():
-        print(f"{name:6s} " + " ".join(f"{t * 1e3:.1f}" for t in times) + " ms")
+    summary = _ratios(seconds, "ms", 1e3, "best")
     difference = (outputs["base"].float() - outputs["today"].float()).abs().max().item()
-    print(f"{heads} heads ({kv_heads} for keys and values) of {dim} at {tokens} tokens; base / today: best "
-          f"{min(seconds['base']) / min(seconds['today']):.3f}x, median of the pairs {ratios[len(ratios) // 2]:.3f}x "
-          f"(lowest {ratios[0]:.3f}, highest {ratios[-1]:.3f}); largest output difference {difference:.3g}")
+    print(f"{heads} heads ({kv_heads} for keys and values) of {dim} at {tokens} tokens; base / today: {summary}; "
+          f"largest output difference {difference:.3g}")
 
 
 if __name__ == "__main__":
