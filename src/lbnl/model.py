@@ -19,6 +19,12 @@ from .errors import CheckpointError
 from .hardware import resolve_attention
 
 
+def config_head_dim(config: Any) -> int:
+    """Width of one attention head of a decoder ``config``: its ``head_dim`` where it sets one (Qwen3's heads are
+    not hidden size / heads wide), else hidden size / heads."""
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
 def build_projector(hidden_size: int, inner: int | None = None, out: int = PROJECTOR_DIM) -> nn.Sequential:
     """Linear(hidden -> hidden/2) -> ReLU -> Linear(hidden/2 -> 512), no biases (spec section 3)."""
     inner = inner or hidden_size // 2
@@ -73,9 +79,7 @@ class LBNLModel(nn.Module):
     @property
     def attention_kernel(self) -> str:
         """The attention kernel the fast path runs with the current weights and device."""
-        config = self.config
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        return resolve_attention(self.attention, self.dtype, self.device, self.quantized, head_dim)
+        return resolve_attention(self.attention, self.dtype, self.device, self.quantized, config_head_dim(self.config))
 
     def compile_kernels(self) -> "LBNLModel":
         """Fuse the fast path's elementwise work (RMSNorms, SiLU product) with ``torch.compile``: about 10% faster

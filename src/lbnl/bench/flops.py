@@ -27,10 +27,11 @@ class DecoderShape:
 
     @classmethod
     def from_config(cls, config: Any) -> "DecoderShape":
+        from ..model import config_head_dim  # torch: not at import (the CLI's help stays light)
+
         heads = config.num_attention_heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         return cls(config.num_hidden_layers, config.hidden_size, config.intermediate_size, heads,
-                   getattr(config, "num_key_value_heads", None) or heads, head_dim, config.vocab_size)
+                   getattr(config, "num_key_value_heads", None) or heads, config_head_dim(config), config.vocab_size)
 
     @property
     def layer_params(self) -> int:

@@ -90,6 +90,8 @@ def backbone_forward(backbone: Any) -> Any:
     import torch
     from torch import nn
 
+    from ...model import config_head_dim
+
     F = torch.nn.functional
 
     class BackboneForward(nn.Module):
@@ -103,7 +105,7 @@ def backbone_forward(backbone: Any) -> Any:
             self.norm = backbone.norm
             self.heads = config.num_attention_heads
             self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
-            self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+            self.head_dim = config_head_dim(config)
             self.eps = config.rms_norm_eps
             self.register_buffer("inv_freq", backbone.rotary_emb.inv_freq.detach().float().clone(), persistent=False)
             self.attention_scaling = float(getattr(backbone.rotary_emb, "attention_scaling", 1.0))
