@@ -1,12 +1,13 @@
 """Where a rerank call's time goes: attention's share, and the other kernels', timed inside the call.
 
     python bench/attention_share.py [--model PATH | --shape qwen3-0.6b] [--workload 1x20x256]
-                                    [--attention amx,sdpa] [--data $SCIFACT] [--threads 1]
+                                    [--attention amx,sdpa] [--data $SCIFACT] [--threads 1] [--quantize int8]
 
 For each attention kernel (``LBNLModel.attention``), runs the workload's rerank call once to warm up and then
 twice, timing every call of the kernel inside the call (the per-layer causal attention, and torch's SDPA where
 the fast path keeps it, e.g. the last layer's few read positions), of the linear layers and of the native
-norm, rotation and SiLU-product kernels. Prints the best call's total seconds, the attention seconds and their
+norm, rotation and SiLU-product kernels (with ``--quantize int8``: of the int8 matmuls, the quantization and
+scaling-back passes and the outlier channels' bf16 products instead of the linear layers). Prints the best call's total seconds, the attention seconds and their
 TFLOP/s (query-key and value products over the visible pairs), the other kernels' seconds, and what is left
 (residual adds, concatenations, the prompt's shared head, Python). The same workload text as ``lbnl bench``.
 """
@@ -41,16 +42,18 @@ def main() -> None:
     parser.add_argument("--attention", default="amx,sdpa", help="comma-separated kernels (LBNLModel.attention)")
     parser.add_argument("--data", default=None, help="BEIR directory for the text (default: synthetic)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--quantize", default=None, help="the model's quantize= (e.g. int8; default: none)")
     args = parser.parse_args()
 
     import torch
 
-    from lbnl import Reranker, native
+    from lbnl import Reranker, int8, native
     from lbnl import attention as kernels
     from lbnl.bench import build_inputs, parse_workload
     from lbnl.bench.runner import bench_checkpoint
     from lbnl.checkpoints.bases import cache_root
     from lbnl.hardware import tune_allocator
+    from lbnl.model import config_head_dim
 
     tune_allocator()
     torch.set_num_threads(args.threads)
@@ -67,13 +70,15 @@ def main() -> None:
     others: dict[str, float] = defaultdict(float)
     no_pairs = lambda *args: (0, 0, 0)  # noqa: E731
     F.linear = _timed(others, defaultdict(float), "linear", F.linear, no_pairs)
-    for name in ("rms_norm", "norm_rotate", "silu_mul"):
+    for name in ("rms_norm", "norm_rotate", "silu_mul", "quantize_rows", "dequantize", "silu_mul_quantize"):
         setattr(native, name, _timed(others, defaultdict(float), name, getattr(native, name), no_pairs))
+    int8.Int8Linear.matmul = _timed(others, defaultdict(float), "int8 matmul", int8.Int8Linear.matmul, no_pairs)
+    torch.Tensor.addmm_ = _timed(others, defaultdict(float), "outlier products", torch.Tensor.addmm_, no_pairs)
     for kernel in [k.strip() for k in args.attention.split(",") if k.strip()]:
-        reranker = Reranker.from_pretrained(model, device="cpu", dtype="bfloat16", fusion=None)
+        reranker = Reranker.from_pretrained(model, device="cpu", dtype="bfloat16", fusion=None, quantize=args.quantize)
         reranker.model.attention = kernel
         config = reranker.model.config
-        dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        dim = config_head_dim(config)
         queries, docs, _ = build_inputs(workload, reranker.tokenizer, Path(args.data) if args.data else None)
         call = lambda: reranker.rerank_many(queries, docs, max_doc_length=workload.tokens)  # noqa: E731
         call()

@@ -191,9 +191,9 @@ def weight_plan(quantize: str | None, device: str | torch.device | None,
 
 
 #: Whether :func:`quantize_int8` multiplies through oneDNN's int8 linear with packed weights (:mod:`lbnl.int8`
-#: backend ``onednn``) on AMX CPUs, where ``torch._int_mm`` ran at half a bf16 matmul's rate and the packed
-#: kernel at 1.3x it (docs/results.md, "Speed: Intel Xeon with AMX"). Other CPUs keep ``int_mm``, the backend
-#: measured there. Both compute the same integer products, so the choice never changes a score.
+#: backend ``onednn``) on AMX CPUs, where ``torch._int_mm`` does not use the tiles and the packed kernel does
+#: (docs/results.md, "Speed: Intel Xeon with AMX"). Other CPUs keep ``int_mm``, the backend measured there. Both
+#: compute the same integer products and round them alike, so the choice never changes a score.
 INT8_ONEDNN_ON_AMX = True
 
 

@@ -5,7 +5,10 @@ quantized per token (one scale per row, from its largest magnitude) on every cal
 ``torch._int_mm`` (int8 x int8 -> int32, oneDNN's VNNI kernels: about 2x a bf16 matmul on an
 AVX512-VNNI CPU without AMX) and scaled back to the model's dtype. On AMX CPUs ``torch._int_mm`` is slower
 than a bf16 matmul, so the matmul can instead go through oneDNN's int8 linear with the weight packed once
-(``backend="onednn"``, :data:`MATMUL_BACKENDS`): the same integer products, delivered as float32. The gated
+(``backend="onednn"``, :data:`MATMUL_BACKENDS`): the same integer products, delivered times the weight's scales
+in the model's dtype (half the bytes of float32, which on AMX wrote slower than the products computed). Both
+backends round ``products * weight scale`` to the model's dtype before the token's scale, so their scores are
+the same bits. The gated
 MLP quantizes once for its joined gate/up matmul and fuses the dequantization, SiLU product and the down
 projection's quantization into one pass; the query, key and value projections share one quantization of
 their input.
@@ -80,7 +83,7 @@ CALIBRATION: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 #: How :class:`Int8Linear` multiplies: ``int_mm`` (``torch._int_mm``, int32 products; oneDNN re-lays the weight
 #: out on every call) or ``onednn`` (``torch.ops.onednn.qlinear_pointwise`` on a weight packed once for this CPU,
-#: float32 products holding the same integers, so both give the same scores). ``onednn`` is for AMX CPUs only
+#: the products times the weight's scales in the model's dtype, as the other's are rounded: the same scores). ``onednn`` is for AMX CPUs only
 #: (:func:`lbnl.hardware.quantize_int8` refuses it elsewhere): with AMX masked off (``ONEDNN_MAX_CPU_ISA``) oneDNN
 #: ran that op through a reference kernel thousands of times slower, whose products saturated without VNNI;
 #: docs/performance.md says where each is faster.
@@ -105,10 +108,15 @@ def _quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.round(xf / scale).to(torch.int8), scale
 
 
+def _scaled(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Products in float32: ``acc * col_scale`` rounded to ``dtype`` (as oneDNN delivers them), times ``row_scale``."""
+    return (acc.float() * col_scale).to(dtype).float() * row_scale
+
+
 def _dequantize(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor, dtype: torch.dtype
                 ) -> torch.Tensor:
-    """int32 products back to ``dtype``: ``acc * row_scale * col_scale``."""
-    return (acc.float() * row_scale * col_scale).to(dtype)
+    """Products back to ``dtype``: ``acc * col_scale`` rounded to ``dtype``, times ``row_scale``."""
+    return _scaled(acc, row_scale, col_scale, dtype).to(dtype)
 
 
 def _quantize_smoothed(x: torch.Tensor, inverse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,7 +129,7 @@ def _silu_mul_quantize(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: to
     """The gated MLP's middle in one pass: dequantize the joined gate/up products, ``silu(gate) * up``
     rounded to ``dtype`` (as the float path computes it), smoothed by ``inverse`` and quantized per row
     for the down projection."""
-    g = acc.float() * row_scale * col_scale
+    g = _scaled(acc, row_scale, col_scale, dtype)
     half = g.shape[-1] // 2
     h = (torch.nn.functional.silu(g[..., :half].to(dtype)) * g[..., half:].to(dtype)).float() * inverse
     scale = h.abs().amax(-1, keepdim=True).clamp_min(1e-12) / QMAX
@@ -281,22 +289,24 @@ class Int8Linear(nn.Module):
         outlier channels kept aside)."""
         return quantize_rows(x, self.compiled, self.inverse, self.outlier_index)
 
-    def matmul(self, x: QuantizedRows) -> torch.Tensor:
-        """Integer products [tokens, out] of already quantized rows (any leading shape, flattened): int32, or
-        float32 holding the same integers with ``backend="onednn"`` (activation and weight scales of 1)."""
+    def matmul(self, x: QuantizedRows) -> tuple[torch.Tensor, torch.Tensor]:
+        """Products [tokens, out] of already quantized rows (any leading shape, flattened) and the column scales
+        still to apply to them: int32 products and the weight's scales, or with ``backend="onednn"`` the products
+        times the weight's scales in the rows' dtype (float32 for other dtypes) and scales of 1."""
         values = x.values.reshape(-1, self.in_features)
         if self.packed is not None:
-            return torch.ops.onednn.qlinear_pointwise(values, 1.0, 0, self.packed, self.unit, _NO_ZERO_POINT, None,
-                                                      1.0, 0, torch.float32, "none", [], "")
-        return torch._int_mm(values, self.qweight.t())
+            dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float32) else torch.float32
+            return torch.ops.onednn.qlinear_pointwise(values, 1.0, 0, self.packed, self.weight_scale, _NO_ZERO_POINT,
+                                                      None, 1.0, 0, dtype, "none", [], ""), self.unit
+        return torch._int_mm(values, self.qweight.t()), self.weight_scale
 
     def forward(self, x: torch.Tensor | QuantizedRows) -> torch.Tensor:
         rows = x if isinstance(x, QuantizedRows) else self.quantize(x)
-        acc = self.matmul(rows)
+        acc, col_scale = self.matmul(rows)
         if _native_dtype(rows.dtype, acc.device):
-            out = native.dequantize(acc, rows.scale, self.weight_scale)
+            out = native.dequantize(acc, rows.scale, col_scale)
         else:
-            out = kernel("dequantize", self.compiled)(acc, rows.scale.reshape(-1, 1), self.weight_scale, rows.dtype)
+            out = kernel("dequantize", self.compiled)(acc, rows.scale.reshape(-1, 1), col_scale, rows.dtype)
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
         if self.outlier_weight is not None:
@@ -336,13 +346,12 @@ class Int8GatedMLP(nn.Module):
                 return self.down_proj(native.silu_mul(gate_up))
             half = gate_up.shape[-1] // 2
             return self.down_proj(torch.nn.functional.silu(gate_up[..., :half]) * gate_up[..., half:])
-        acc = self.gate_up.matmul(rows)
+        acc, col_scale = self.gate_up.matmul(rows)
         if _native_dtype(rows.dtype, acc.device):
-            mid, scale = native.silu_mul_quantize(acc, rows.scale, self.gate_up.weight_scale, self.mid_inverse)
+            mid, scale = native.silu_mul_quantize(acc, rows.scale, col_scale, self.mid_inverse)
         else:
-            mid, scale = kernel("silu_mul_quantize", self.compiled)(acc, rows.scale.reshape(-1, 1),
-                                                                    self.gate_up.weight_scale, self.mid_inverse,
-                                                                    rows.dtype)
+            mid, scale = kernel("silu_mul_quantize", self.compiled)(acc, rows.scale.reshape(-1, 1), col_scale,
+                                                                    self.mid_inverse, rows.dtype)
         return self.down_proj(QuantizedRows(mid.view(*rows.shape[:-1], -1), scale.view(*rows.shape[:-1], 1),
                                             rows.dtype))
 

@@ -277,19 +277,23 @@ std::vector<torch::Tensor> quantize_rows_bf16(const torch::Tensor& x, const torc
   return {q, scale};
 }
 
-// Products arrive as int32 (torch._int_mm) or as float32 holding the same integers (oneDNN's prepacked int8
-// matmul on AMX): both are read as float, so the two give the same bits.
+// Products arrive as int32 (torch._int_mm, column scales still to apply) or as bf16 already multiplied by the
+// column scales and rounded (oneDNN's prepacked int8 matmul on AMX, column scales of 1 here). Every kernel
+// rounds acc * col to bf16 before the row scale, so the two give the same bits.
 inline float product(const int32_t* p, int64_t j) { return static_cast<float>(p[j]); }
-inline float product(const float* p, int64_t j) { return p[j]; }
+inline float product(const uint16_t* p, int64_t j) { return bf16_to_float(p[j]); }
 #ifdef LBNL_AVX512
 inline __m512 products16(const int32_t* p) { return _mm512_cvtepi32_ps(_mm512_loadu_si512(p)); }
-inline __m512 products16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 products16(const uint16_t* p) { return load_bf16x16(p); }
 #endif
 
 void check_products(const torch::Tensor& acc) {
-  TORCH_CHECK((acc.scalar_type() == torch::kInt || acc.scalar_type() == torch::kFloat) && acc.dim() == 2 &&
-              acc.is_contiguous(), "contiguous int32 or float32 products [rows, n]");
+  TORCH_CHECK((acc.scalar_type() == torch::kInt || acc.scalar_type() == torch::kBFloat16) && acc.dim() == 2 &&
+              acc.is_contiguous(), "contiguous int32 or bf16 products [rows, n]");
 }
+
+// acc * col rounded to bf16, times the row's scale: what every int8 kernel reads as a dequantized product.
+inline float dequantized(float p, float col, float row) { return round_bf16(p * col) * row; }
 
 template <typename T>
 void dequantize_rows(const T* in, const float* rs, const float* cs, uint16_t* o, int64_t rows, int64_t n) {
@@ -298,7 +302,14 @@ void dequantize_rows(const T* in, const float* rs, const float* cs, uint16_t* o,
       const T* row = in + r * n;
       uint16_t* orow = o + r * n;
       const float s = rs[r];
-      for (int64_t j = 0; j < n; ++j) orow[j] = float_to_bf16(product(row, j) * s * cs[j]);
+      int64_t j = 0;
+#ifdef LBNL_AVX512
+      const __m512 vs = _mm512_set1_ps(s);
+      for (; j + 16 <= n; j += 16)
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(orow + j), to_bf16x16(_mm512_mul_ps(
+            round_bf16x16(_mm512_mul_ps(products16(row + j), _mm512_loadu_ps(cs + j))), vs)));
+#endif
+      for (; j < n; ++j) orow[j] = float_to_bf16(dequantized(product(row, j), cs[j], s));
     }
   });
 }
@@ -313,7 +324,7 @@ torch::Tensor dequantize_bf16(const torch::Tensor& acc, const torch::Tensor& row
   const float* cs = col_scale.data_ptr<float>();
   uint16_t* o = reinterpret_cast<uint16_t*>(out.data_ptr());
   if (acc.scalar_type() == torch::kInt) dequantize_rows(acc.data_ptr<int32_t>(), rs, cs, o, rows, n);
-  else dequantize_rows(acc.data_ptr<float>(), rs, cs, o, rows, n);
+  else dequantize_rows(reinterpret_cast<const uint16_t*>(acc.data_ptr()), rs, cs, o, rows, n);
   return out;
 }
 
@@ -340,17 +351,17 @@ std::vector<torch::Tensor> silu_mul_quantize_rows(const torch::Tensor& acc, cons
 #ifdef LBNL_AVX512
       const __m512 vs = _mm512_set1_ps(s), one = _mm512_set1_ps(1.0f);
       for (; j + 16 <= half; j += 16) {
-        __m512 g = round_bf16x16(_mm512_mul_ps(_mm512_mul_ps(
-            products16(gate + j), vs), _mm512_loadu_ps(cs + j)));
-        __m512 u = round_bf16x16(_mm512_mul_ps(_mm512_mul_ps(
-            products16(up + j), vs), _mm512_loadu_ps(cs + half + j)));
+        __m512 g = round_bf16x16(_mm512_mul_ps(round_bf16x16(_mm512_mul_ps(
+            products16(gate + j), _mm512_loadu_ps(cs + j))), vs));
+        __m512 u = round_bf16x16(_mm512_mul_ps(round_bf16x16(_mm512_mul_ps(
+            products16(up + j), _mm512_loadu_ps(cs + half + j))), vs));
         __m512 a = round_bf16x16(_mm512_div_ps(g, _mm512_add_ps(one, exp16_any(_mm512_sub_ps(_mm512_setzero_ps(), g)))));
         _mm512_storeu_ps(buf.data() + j, _mm512_mul_ps(round_bf16x16(_mm512_mul_ps(a, u)), _mm512_loadu_ps(inv + j)));
       }
 #endif
       for (; j < half; ++j) {
-        const float g = round_bf16(product(gate, j) * s * cs[j]);
-        const float u = round_bf16(product(up, j) * s * cs[half + j]);
+        const float g = round_bf16(dequantized(product(gate, j), cs[j], s));
+        const float u = round_bf16(dequantized(product(up, j), cs[half + j], s));
         const float a = round_bf16(g / (1.0f + exp_scalar(-g)));
         buf[j] = round_bf16(a * u) * inv[j];
       }
@@ -365,7 +376,7 @@ std::vector<torch::Tensor> silu_mul_quantize_bf16(const torch::Tensor& acc, cons
   check_products(acc);
   if (acc.scalar_type() == torch::kInt)
     return silu_mul_quantize_rows(acc, acc.data_ptr<int32_t>(), row_scale, col_scale, inverse);
-  return silu_mul_quantize_rows(acc, acc.data_ptr<float>(), row_scale, col_scale, inverse);
+  return silu_mul_quantize_rows(acc, reinterpret_cast<const uint16_t*>(acc.data_ptr()), row_scale, col_scale, inverse);
 }
 
 // ---- elementwise passes of the bf16 decoder layer (lbnl.engine) ----
@@ -999,15 +1010,15 @@ def quantize_rows(x: torch.Tensor, inverse: torch.Tensor | None = None) -> tuple
 
 
 def dequantize(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor) -> torch.Tensor:
-    """bf16 ``acc * row_scale[r] * col_scale[c]`` of int32 products [rows, n] (or float32 holding the same
-    integers; float32 scales)."""
+    """bf16 ``bf16(acc * col_scale[c]) * row_scale[r]`` of int32 products [rows, n], or of bf16 products
+    already multiplied by their column scales (then ``col_scale`` is 1s); float32 scales."""
     return module().dequantize_bf16(acc.contiguous(), row_scale.reshape(-1).contiguous(), col_scale.contiguous())
 
 
 def silu_mul_quantize(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor, inverse: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The int8 gated MLP's middle (:func:`lbnl.int8._silu_mul_quantize` in bf16): int32 (or integer float32)
-    gate/up products [rows, 2i] to the down projection's int8 input [rows, i] and its per-row scale [rows, 1]."""
+    """The int8 gated MLP's middle (:func:`lbnl.int8._silu_mul_quantize` in bf16): int32 (or column-scaled bf16,
+    as :func:`dequantize` reads them) gate/up products [rows, 2i] to the down projection's int8 input [rows, i] and its per-row scale [rows, 1]."""
     return tuple(module().silu_mul_quantize_bf16(acc.contiguous(), row_scale.reshape(-1).contiguous(),
                                                  col_scale.contiguous(), inverse.contiguous()))
 

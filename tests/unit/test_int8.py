@@ -335,17 +335,22 @@ def test_onednn_backend_gives_the_same_bits(dtype: torch.dtype, int8_matmuls: li
     for outliers in (None, torch.tensor([2, 7, 40])):
         a = int8.Int8Linear(w, compiled=False, outliers=outliers)
         b = int8.Int8Linear(w, compiled=False, outliers=outliers, backend="onednn")
-        assert b.matmul(b.quantize(x)).dtype == torch.float32 and "backend=onednn" in repr(b)
+        products, scales = b.matmul(b.quantize(x))
+        assert products.dtype == dtype and torch.equal(scales, torch.ones(48)) and "backend=onednn" in repr(b)
         assert torch.equal(a(x), b(x))
     mlp = Qwen3MLP(Qwen3Config(hidden_size=64, intermediate_size=80, hidden_act="silu")).to(dtype)
     plain, packed = (int8.Int8GatedMLP(mlp.gate_proj, mlp.up_proj, mlp.down_proj, compiled=False, backend=name)
                      for name in int8.MATMUL_BACKENDS)
-    assert torch.equal(plain(x), packed(x))  # the fused middle reads float32 products as it reads int32 ones
+    assert torch.equal(plain(x), packed(x))  # the fused middle reads scaled products as it rounds int32 ones
     assert (18, 64, 48) in int8_matmuls and (18, 64, 160) in int8_matmuls and (18, 80, 64) in int8_matmuls
     assert torch.equal(copy.deepcopy(packed)(x), packed(x))  # the packed weights are packed again in a copy
-    big = int8.Int8Linear(torch.ones(4, 4096), compiled=False, backend="onednn")  # sums beyond 2**24 stay exact
-    rows = big.quantize(torch.ones(2, 4096))
-    assert torch.equal(big.matmul(rows), torch.full((2, 4), 127.0 * 127 * 4096))
+    # sums beyond 2**24: oneDNN turns them into float as torch does before scaling
+    big = int8.Int8Linear(torch.ones(4, 4096) * torch.tensor([[1.0], [0.5], [3.0], [0.7]]), compiled=False,
+                          backend="onednn")
+    rows = big.quantize(torch.ones(2, 4096) * torch.tensor([[1.0], [-0.9]]))
+    exact = torch._int_mm(rows.values, big.qweight.t())
+    assert int(exact.abs().max()) > 2**24
+    assert torch.equal(big.matmul(rows)[0], (exact.float() * big.weight_scale).to(torch.float32))
     with pytest.raises(ValueError, match="backend"):
         int8.Int8Linear(w, backend="fbgemm")
 

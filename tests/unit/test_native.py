@@ -53,17 +53,18 @@ def test_int8_helpers_match_torch() -> None:
         ref_q, ref_scale = int8._quantize_rows(x if factors is None else x.float() * factors)
         assert q.shape == x.shape and scale.shape == (3, 7, 1) and torch.allclose(scale, ref_scale)
         assert int((q.int() - ref_q.int()).abs().max()) <= 1
-    acc = torch.randint(-10**6, 10**6, (9, 64), dtype=torch.int32, generator=g)
-    rs, cs = torch.rand(9, 1, generator=g) * 1e-4, torch.rand(64, generator=g) * 1e-2
+    acc = torch.randint(-10**6, 10**6, (9, 72), dtype=torch.int32, generator=g)  # 72, 36: vector path and tail
+    rs, cs = torch.rand(9, 1, generator=g) * 1e-4, torch.rand(72, generator=g) * 1e-2
     assert torch.equal(native.dequantize(acc, rs, cs), int8._dequantize(acc, rs, cs, torch.bfloat16))
-    ones = torch.ones(32)
+    ones = torch.ones(36)
     q, scale = native.silu_mul_quantize(acc, rs, cs, ones)
     ref_q, ref_scale = int8._silu_mul_quantize(acc, rs, cs, ones, torch.bfloat16)
     assert torch.allclose(scale, ref_scale, rtol=1e-6) and int((q.int() - ref_q.int()).abs().max()) <= 1
-    # oneDNN's int8 linear hands over the same integers as float32: the same bits come out
-    assert torch.equal(native.dequantize(acc.float(), rs, cs), native.dequantize(acc, rs, cs))
-    q32, scale32 = native.silu_mul_quantize(acc.float(), rs, cs, ones)
-    assert torch.equal(q32, q) and torch.equal(scale32, scale)
+    # oneDNN's int8 linear hands over the products times the column scales in bf16: the same bits come out
+    scaled, unit = (acc.float() * cs).bfloat16(), torch.ones(72)
+    assert torch.equal(native.dequantize(scaled, rs, unit), native.dequantize(acc, rs, cs))
+    q16, scale16 = native.silu_mul_quantize(scaled, rs, unit, ones)
+    assert torch.equal(q16, q) and torch.equal(scale16, scale)
 
 
 def test_rms_norm_and_silu_product_match_the_engine() -> None:
