@@ -7,9 +7,10 @@ For each attention kernel (``LBNLModel.attention``), runs the workload's rerank 
 twice, timing every call of the kernel inside the call (the per-layer causal attention, and torch's SDPA where
 the fast path keeps it, e.g. the last layer's few read positions), of the linear layers and of the native
 norm, rotation and SiLU-product kernels (with ``--quantize int8``: of the int8 matmuls, the quantization and
-scaling-back passes and the outlier channels' bf16 products instead of the linear layers). Prints the best call's total seconds, the attention seconds and their
-TFLOP/s (query-key and value products over the visible pairs), the other kernels' seconds, and what is left
-(residual adds, concatenations, the prompt's shared head, Python). The same workload text as ``lbnl bench``.
+scaling-back passes and the outlier channels' bf16 products instead of the linear layers). Prints the best
+call's total seconds, the attention seconds and their TFLOP/s (query-key and value products over the visible
+pairs), the other kernels' seconds, and what is left (residual adds, concatenations, the prompt's shared head,
+Python). The same workload text as ``lbnl bench``.
 """
 
 from __future__ import annotations

@@ -8,10 +8,9 @@ than a bf16 matmul, so the matmul can instead go through oneDNN's int8 linear wi
 (``backend="onednn"``, :data:`MATMUL_BACKENDS`): the same integer products, delivered times the weight's scales
 in the model's dtype (half the bytes of float32, which on AMX wrote slower than the products computed). Both
 backends round ``products * weight scale`` to the model's dtype before the token's scale, so their scores are
-the same bits. The gated
-MLP quantizes once for its joined gate/up matmul and fuses the dequantization, SiLU product and the down
-projection's quantization into one pass; the query, key and value projections share one quantization of
-their input.
+the same bits. The gated MLP quantizes once for its joined gate/up matmul and fuses the dequantization, SiLU
+product and the down projection's quantization into one pass; the query, key and value projections share one
+quantization of their input.
 
 Attention can run its score matmul in int8 too (:func:`causal_attention_int8`, as in SageAttention:
 keys minus their mean over tokens, which leaves the softmax unchanged, then per-token scales for
@@ -83,10 +82,10 @@ CALIBRATION: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 #: How :class:`Int8Linear` multiplies: ``int_mm`` (``torch._int_mm``, int32 products; oneDNN re-lays the weight
 #: out on every call) or ``onednn`` (``torch.ops.onednn.qlinear_pointwise`` on a weight packed once for this CPU,
-#: the products times the weight's scales in the model's dtype, as the other's are rounded: the same scores). ``onednn`` is for AMX CPUs only
-#: (:func:`lbnl.hardware.quantize_int8` refuses it elsewhere): with AMX masked off (``ONEDNN_MAX_CPU_ISA``) oneDNN
-#: ran that op through a reference kernel thousands of times slower, whose products saturated without VNNI;
-#: docs/performance.md says where each is faster.
+#: the products times the weight's scales in the model's dtype, rounded as the other's are: the same scores).
+#: ``onednn`` is for AMX CPUs only (:func:`lbnl.hardware.quantize_int8` refuses it elsewhere): with AMX masked
+#: off (``ONEDNN_MAX_CPU_ISA``) oneDNN ran that op on signed int8 activations through a reference kernel
+#: thousands of times slower, whose products saturated without VNNI; docs/performance.md says where each is faster.
 MATMUL_BACKENDS = ("int_mm", "onednn")
 
 

@@ -1018,7 +1018,8 @@ def dequantize(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tens
 def silu_mul_quantize(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor, inverse: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """The int8 gated MLP's middle (:func:`lbnl.int8._silu_mul_quantize` in bf16): int32 (or column-scaled bf16,
-    as :func:`dequantize` reads them) gate/up products [rows, 2i] to the down projection's int8 input [rows, i] and its per-row scale [rows, 1]."""
+    as :func:`dequantize` reads them) gate/up products [rows, 2i] to the down projection's int8 input [rows, i]
+    and its per-row scale [rows, 1]."""
     return tuple(module().silu_mul_quantize_bf16(acc.contiguous(), row_scale.reshape(-1).contiguous(),
                                                  col_scale.contiguous(), inverse.contiguous()))
 
