@@ -294,6 +294,11 @@ void check_products(const torch::Tensor& acc) {
 
 // acc * col rounded to bf16, times the row's scale: what every int8 kernel reads as a dequantized product.
 inline float dequantized(float p, float col, float row) { return round_bf16(p * col) * row; }
+#ifdef LBNL_AVX512
+inline __m512 dequantized16(__m512 p, __m512 col, __m512 row) {
+  return _mm512_mul_ps(round_bf16x16(_mm512_mul_ps(p, col)), row);
+}
+#endif
 
 template <typename T>
 void dequantize_rows(const T* in, const float* rs, const float* cs, uint16_t* o, int64_t rows, int64_t n) {
@@ -306,8 +311,8 @@ void dequantize_rows(const T* in, const float* rs, const float* cs, uint16_t* o,
 #ifdef LBNL_AVX512
       const __m512 vs = _mm512_set1_ps(s);
       for (; j + 16 <= n; j += 16)
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(orow + j), to_bf16x16(_mm512_mul_ps(
-            round_bf16x16(_mm512_mul_ps(products16(row + j), _mm512_loadu_ps(cs + j))), vs)));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(orow + j),
+                            to_bf16x16(dequantized16(products16(row + j), _mm512_loadu_ps(cs + j), vs)));
 #endif
       for (; j < n; ++j) orow[j] = float_to_bf16(dequantized(product(row, j), cs[j], s));
     }
@@ -351,10 +356,8 @@ std::vector<torch::Tensor> silu_mul_quantize_rows(const torch::Tensor& acc, cons
 #ifdef LBNL_AVX512
       const __m512 vs = _mm512_set1_ps(s), one = _mm512_set1_ps(1.0f);
       for (; j + 16 <= half; j += 16) {
-        __m512 g = round_bf16x16(_mm512_mul_ps(round_bf16x16(_mm512_mul_ps(
-            products16(gate + j), _mm512_loadu_ps(cs + j))), vs));
-        __m512 u = round_bf16x16(_mm512_mul_ps(round_bf16x16(_mm512_mul_ps(
-            products16(up + j), _mm512_loadu_ps(cs + half + j))), vs));
+        __m512 g = round_bf16x16(dequantized16(products16(gate + j), _mm512_loadu_ps(cs + j), vs));
+        __m512 u = round_bf16x16(dequantized16(products16(up + j), _mm512_loadu_ps(cs + half + j), vs));
         __m512 a = round_bf16x16(_mm512_div_ps(g, _mm512_add_ps(one, exp16_any(_mm512_sub_ps(_mm512_setzero_ps(), g)))));
         _mm512_storeu_ps(buf.data() + j, _mm512_mul_ps(round_bf16x16(_mm512_mul_ps(a, u)), _mm512_loadu_ps(inv + j)));
       }
