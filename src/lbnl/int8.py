@@ -30,6 +30,7 @@ each channel's range into the weights. Scores move: docs/results.md ("int8 matmu
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,12 +164,28 @@ def compiler_works() -> bool:
 
 
 def kernel(name: str, compiled: bool = True) -> Any:
-    """An elementwise kernel of the int8 path, through ``torch.compile`` when ``compiled`` and it works here."""
+    """An elementwise kernel of the int8 path, through ``torch.compile`` when ``compiled`` and it works here.
+
+    Should compiling fail for this kernel although the probe of :func:`compiler_works` passed (an inductor bug,
+    a compiler that rejects the generated code), the kernel runs eagerly from then on, with a warning."""
     if not compiled or not compiler_works():
         return _EAGER[name]
     if name not in _COMPILED:
-        _COMPILED[name] = torch.compile(_EAGER[name], dynamic=True)
+        _COMPILED[name] = _eager_if_compiling_fails(name, torch.compile(_EAGER[name], dynamic=True))
     return _COMPILED[name]
+
+
+def _eager_if_compiling_fails(name: str, compiled: Any) -> Any:
+    def run(*args: Any) -> Any:
+        try:
+            return compiled(*args)
+        except torch._dynamo.exc.BackendCompilerFailed as exc:
+            warnings.warn(f"lbnl: torch.compile failed on the int8 {name!r} kernel ({str(exc).splitlines()[0]}); "
+                          "running it eagerly", RuntimeWarning, stacklevel=2)
+            _COMPILED[name] = _EAGER[name]
+            return _EAGER[name](*args)
+
+    return run
 
 
 # --- linear layers ------------------------------------------------------------------------------

@@ -7,11 +7,14 @@ matmul (``torch._int_mm``, or oneDNN's int8 linear where that backend is in use)
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
+from torch.profiler import ProfilerActivity, profile
 
 from lbnl import int8
 from lbnl.attention import causal_attention_chunked
@@ -19,28 +22,34 @@ from lbnl.checkpoints import load_checkpoint
 from lbnl.engine import decode
 
 
+class _Spy:
+    """Calls ``op`` and hands its arguments and result to ``record``; other attributes are the op's own, since
+    inductor reads an op's overloads (``torch.ops.onednn.qlinear_pointwise.default``) when it first compiles."""
+
+    def __init__(self, op: Any, record: Callable[..., None]) -> None:
+        self.op, self.record = op, record
+
+    def __call__(self, *args: Any) -> torch.Tensor:
+        out = self.op(*args)
+        self.record(*args, out=out)
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.op, name)
+
+
 @pytest.fixture
 def int8_matmuls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
     """``(rows, in, out)`` of every int8 matmul made while the test runs, through either backend."""
     calls: list[tuple[int, ...]] = []
-    real = torch._int_mm
 
-    def counting(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        assert a.dtype == b.dtype == torch.int8
-        calls.append((*a.shape, b.shape[1]))
-        return real(a, b)
+    def record(x: torch.Tensor, *args: Any, out: torch.Tensor) -> None:
+        assert x.dtype == torch.int8
+        calls.append((*x.shape, out.shape[-1]))
 
-    monkeypatch.setattr(torch, "_int_mm", counting)
+    monkeypatch.setattr(torch, "_int_mm", _Spy(torch._int_mm, record))
     if int8.onednn_available():
-        packed_linear = torch.ops.onednn.qlinear_pointwise
-
-        def counting_onednn(x: torch.Tensor, *args: object) -> torch.Tensor:
-            assert x.dtype == torch.int8
-            out = packed_linear(x, *args)
-            calls.append((*x.shape, out.shape[-1]))
-            return out
-
-        monkeypatch.setattr(torch.ops.onednn, "qlinear_pointwise", counting_onednn)
+        monkeypatch.setattr(torch.ops.onednn, "qlinear_pointwise", _Spy(torch.ops.onednn.qlinear_pointwise, record))
     return calls
 
 
@@ -189,6 +198,27 @@ def test_compiled_kernels_agree_with_eager() -> None:
     x = torch.randn(37, 64).bfloat16()
     eager, compiled = int8.kernel("quantize", compiled=False)(x), int8.kernel("quantize")(x)
     assert torch.allclose(eager[1], compiled[1]) and (eager[0].int() - compiled[0].int()).abs().max() <= 1
+
+
+def test_a_kernel_that_fails_to_compile_runs_eagerly(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not int8.compiler_works():
+        pytest.skip("torch.compile cannot build CPU kernels here (no C++ compiler)")
+    tried = []
+
+    def failing_backend(graph: torch.fx.GraphModule, inputs: list) -> Callable:
+        tried.append(graph)
+        raise RuntimeError("the C++ compiler rejected the generated code")
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **options: real_compile(fn, backend=failing_backend))
+    monkeypatch.setattr(int8, "_COMPILED", {})
+    x = torch.randn(37, 64)
+    with pytest.warns(RuntimeWarning, match="running it eagerly"):
+        values, scale = int8.kernel("quantize")(x)
+    assert tried, "the compiled kernel was never tried"
+    eager = int8.kernel("quantize", compiled=False)(x)
+    assert torch.equal(values, eager[0]) and torch.equal(scale, eager[1])
+    assert int8.kernel("quantize") is int8._EAGER["quantize"]  # not tried again
 
 
 def _model(tiny_checkpoint: Path, dtype: torch.dtype):
@@ -372,20 +402,19 @@ def test_the_packed_backend_is_chosen_on_amx_only(tiny_checkpoint: Path, monkeyp
 
 
 @amx_onednn
-def test_int8_on_amx_runs_the_packed_kernel_with_the_same_scores(tiny_checkpoint: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_int8_on_amx_runs_the_packed_kernel_with_the_same_scores(tiny_checkpoint: Path) -> None:
     from lbnl import Reranker
     from lbnl.checkpoints import load_tokenizer
     from lbnl.hardware import quantize_model
 
     docs = [f"green tea study number {i} about catechins and cholesterol" for i in range(6)]
-    ran = []
-    packed_linear = torch.ops.onednn.qlinear_pointwise
-    monkeypatch.setattr(torch.ops.onednn, "qlinear_pointwise", lambda *args: ran.append(1) or packed_linear(*args))
     packed = Reranker.from_pretrained(tiny_checkpoint, device="cpu", quantize="int8", fusion=None)
     assert packed.model.backbone.layers[0].mlp.down_proj.backend == "onednn"
-    a = [r.relevance_score for r in sorted(packed.rerank("green tea", docs), key=lambda r: r.index)]
-    assert ran, "the packed kernel never ran"
+    # The profiler names the ops that ran; replacing torch.ops.onednn.qlinear_pointwise with a spy instead would
+    # break inductor, which reads that op's overloads when it first compiles a kernel in the process.
+    with profile(activities=[ProfilerActivity.CPU]) as trace:
+        a = [r.relevance_score for r in sorted(packed.rerank("green tea", docs), key=lambda r: r.index)]
+    assert "onednn::qlinear_pointwise" in {event.name for event in trace.events()}, "the packed kernel never ran"
     model = _model(tiny_checkpoint, packed.model.dtype)
     quantize_model(model, "int8", load_tokenizer(tiny_checkpoint), backend="int_mm")
     assert model.backbone.layers[0].mlp.down_proj.backend == "int_mm"
