@@ -368,7 +368,8 @@ def run_blocks(
 
     Args:
         model: the model to run.
-        blocks: the prompts; padding and batching never change their results.
+        blocks: the prompts; a block's results depend on the others in its batch only through the
+            matrix kernels' rounding (none when every block is a batch of its own).
         max_batch_tokens: padded tokens per forward.
         pad_token_id: right-padding id for the plain transformers forward.
         anchor: token ids every prompt starts with (the system prompt): computed first in every

@@ -2,8 +2,9 @@
 
 Its defaults reproduce the official jina-reranker-v3 ``rerank`` (docs/spec.md): truncation by
 decode, blocks of 125 documents or the token capacity, one forward per block, the block-weighted
-merge of query vectors, and a float32 cosine. Prompts of many queries are packed into batches;
-batching never changes a ranking (scores agree to float rounding, docs/architecture.md). Every
+merge of query vectors, and a float32 cosine. Prompts of many queries are packed into batches, which
+moves scores by the dtype's rounding (bf16: enough to swap near-ties); ``max_batch_tokens=1`` runs every
+prompt alone, and scores are then bit-identical to a lone call's (docs/architecture.md). Every
 method users call (``score``, ``rerank``, ``rank``, ``predict``...) comes from
 :class:`lbnl.base.BaseReranker`.
 """
@@ -43,7 +44,8 @@ class Reranker(BaseReranker):
         tokenizer: its Hugging Face tokenizer (holding the embed and rerank tokens).
         block_size: documents per prompt; the spec's 125 by default. Smaller blocks run faster on
             a CPU (attention grows with the square of the prompt) but change the scores.
-        max_batch_tokens: padded tokens per forward when several blocks are batched.
+        max_batch_tokens: padded tokens per forward when several blocks are batched; 1 runs every block
+            alone (scores bit-identical to a lone call's, whatever else is scored).
         name: the model's name (shown by the server and the CLI; never a filesystem path).
         fast_forward: run lbnl's own decoder loop where the backbone allows it (Llama, Qwen2, Qwen3):
             the shared prompt head is computed once per call, the last layer runs only at the
@@ -180,7 +182,8 @@ class Reranker(BaseReranker):
         """Cosine scores of each query's documents in input order (embeddings: projected, float32).
 
         Blocks of all queries are sorted by length and packed into right-padded batches of at most
-        ``max_batch_tokens`` padded tokens; each query gets the scores a lone call gives. With
+        ``max_batch_tokens`` padded tokens; each query gets the scores a lone call gives, to the dtype's
+        rounding (bit for bit with ``max_batch_tokens=1``, where every block runs alone). With
         ``symmetric``, each list is also read reversed and the two scores of a document averaged
         (embeddings: the forward reading's).
 

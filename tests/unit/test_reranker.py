@@ -56,6 +56,24 @@ def test_rerank_many_equals_one_at_a_time_and_padding_invariance(tiny_checkpoint
         np.testing.assert_allclose([r.relevance_score for r in got], [r.relevance_score for r in alone], atol=1e-5)
 
 
+def test_one_prompt_per_forward_scores_as_alone_bit_for_bit(tiny_checkpoint: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """``max_batch_tokens=1``: every prompt runs in a forward of its own, so batching changes no bit of any score,
+    in bf16 too (where a batched forward's matrix kernels may round otherwise, docs/results.md)."""
+    reranker = Reranker.from_pretrained(tiny_checkpoint, dtype="bfloat16", max_batch_tokens=1)
+    queries = ["tea", "coffee market prices", "sport"]
+    lists = [make_docs(3, seed=4, lo=40, hi=60), make_docs(7, seed=5, lo=1, hi=3), make_docs(130, seed=6, lo=1, hi=4)]
+    forwards = []
+    encode = reranker.model.encode
+    monkeypatch.setattr(reranker.model, "encode", lambda rows, *a, **k: forwards.append(len(rows)) or encode(rows, *a, **k))
+    batched = reranker.rerank_many(queries, lists)
+    blocks = [b for q, d in zip(queries, lists) for b in reranker._plan(q, d, 512, 2048, None).blocks]
+    assert forwards == [1] * len(blocks) and len(blocks) == 4  # the 130 documents make two blocks
+    for q, docs, got in zip(queries, lists, batched):
+        alone = reranker.rerank(q, docs)
+        assert [(r.index, r.relevance_score) for r in got] == [(r.index, r.relevance_score) for r in alone]
+
+
 def test_top_n_documents_and_empty(tiny_reranker: Reranker) -> None:
     docs = [{"text": "green tea", "id": "a"}, "coffee", {"text": "tea <|embed_token|> leaves"}]
     results = tiny_reranker.rerank("tea", docs, top_n=2)
