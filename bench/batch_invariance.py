@@ -45,8 +45,8 @@ def main() -> None:
     rng = random.Random(args.seed)
     queries = [" ".join(rng.choice(WORDS) for _ in range(6)) for _ in range(args.queries)]
     documents = [[" ".join(rng.choice(WORDS) for _ in range(args.words)) for _ in range(args.docs)] for _ in queries]
-    print(f"{args.model}, {reranker.model.dtype}, attention {reranker.model.attention_kernel}; {args.queries} requests "
-          f"of {args.docs} documents of {args.words} words")
+    print(f"{args.model}, {reranker.model.dtype}, attention {reranker.model.attention_kernel}; "
+          f"{args.queries} requests of {args.docs} documents of {args.words} words")
     print(f"{'max_batch_tokens':>16}  {'max |batched - alone|':>21}  {'requests reordered':>18}  {'docs/s batched':>14}")
     budgets = [int(b) for b in args.budgets.split(",")] if args.budgets else [MAX_BATCH_TOKENS, 1]
     for budget in budgets:

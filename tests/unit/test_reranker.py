@@ -63,9 +63,14 @@ def test_one_prompt_per_forward_scores_as_alone_bit_for_bit(tiny_checkpoint: Pat
     reranker = Reranker.from_pretrained(tiny_checkpoint, dtype="bfloat16", max_batch_tokens=1)
     queries = ["tea", "coffee market prices", "sport"]
     lists = [make_docs(3, seed=4, lo=40, hi=60), make_docs(7, seed=5, lo=1, hi=3), make_docs(130, seed=6, lo=1, hi=4)]
-    forwards = []
+    forwards: list[int] = []
     encode = reranker.model.encode
-    monkeypatch.setattr(reranker.model, "encode", lambda rows, *a, **k: forwards.append(len(rows)) or encode(rows, *a, **k))
+
+    def counting(rows: list, *args: object, **kwargs: object) -> tuple:
+        forwards.append(len(rows))
+        return encode(rows, *args, **kwargs)
+
+    monkeypatch.setattr(reranker.model, "encode", counting)
     batched = reranker.rerank_many(queries, lists)
     blocks = [b for q, d in zip(queries, lists) for b in reranker._plan(q, d, 512, 2048, None).blocks]
     assert forwards == [1] * len(blocks) and len(blocks) == 4  # the 130 documents make two blocks
