@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
-from torch.profiler import ProfilerActivity, profile
 
 from lbnl import int8
 from lbnl.attention import causal_attention_chunked
@@ -402,18 +401,20 @@ def test_the_packed_backend_is_chosen_on_amx_only(tiny_checkpoint: Path, monkeyp
 
 
 @amx_onednn
-def test_int8_on_amx_runs_the_packed_kernel_with_the_same_scores(tiny_checkpoint: Path) -> None:
+def test_int8_on_amx_runs_the_packed_kernel_with_the_same_scores(tiny_checkpoint: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     from lbnl import Reranker
     from lbnl.checkpoints import load_tokenizer
     from lbnl.hardware import quantize_model
 
     docs = [f"green tea study number {i} about catechins and cholesterol" for i in range(6)]
+    ran = []
+    monkeypatch.setattr(torch.ops.onednn, "qlinear_pointwise",
+                        _Spy(torch.ops.onednn.qlinear_pointwise, lambda *args, out: ran.append(out.shape)))
     packed = Reranker.from_pretrained(tiny_checkpoint, device="cpu", quantize="int8", fusion=None)
     assert packed.model.backbone.layers[0].mlp.down_proj.backend == "onednn"
-    # The profiler names the ops that ran, and nothing stands in for the op (see _Spy).
-    with profile(activities=[ProfilerActivity.CPU]) as trace:
-        a = [r.relevance_score for r in sorted(packed.rerank("green tea", docs), key=lambda r: r.index)]
-    assert "onednn::qlinear_pointwise" in {event.name for event in trace.events()}, "the packed kernel never ran"
+    a = [r.relevance_score for r in sorted(packed.rerank("green tea", docs), key=lambda r: r.index)]
+    assert ran, "the packed kernel never ran"
     model = _model(tiny_checkpoint, packed.model.dtype)
     quantize_model(model, "int8", load_tokenizer(tiny_checkpoint), backend="int_mm")
     assert model.backbone.layers[0].mlp.down_proj.backend == "int_mm"
